@@ -1,0 +1,1 @@
+"""learnloop: continuous, versioned memory for LLM agents, learned from their feedback."""

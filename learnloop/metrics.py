@@ -1,0 +1,58 @@
+"""Prometheus metrics of every learnloop process.
+
+Label values are bounded sets only: event types, stages, reasons, scopes
+(``user``, ``team``, ``org``, ``global`` or a derived kind from the settings),
+routes as templates and status codes. Raw user or group ids never become label
+values; per-group numbers are served by ``/v1/groups/{group}/stats`` instead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_IN = Counter(
+    "learnloop_events_in_total", "Events consumed, by stage and event type", ["stage", "type"]
+)
+EVENTS_OUT = Counter(
+    "learnloop_events_out_total", "Records produced, by stage and kind", ["stage", "kind"]
+)
+DUPLICATES = Counter(
+    "learnloop_duplicates_total", "Inputs dropped as already seen, by stage", ["stage"]
+)
+DEAD_LETTERS = Counter(
+    "learnloop_dead_letters_total", "Records sent to the dead-letter topic, by reason", ["reason"]
+)
+BATCH_SECONDS = Histogram(
+    "learnloop_batch_seconds",
+    "Time to process one micro-batch, by stage",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_SIZE = Histogram(
+    "learnloop_batch_events",
+    "Events in one micro-batch, by stage",
+    ["stage"],
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
+)
+TRIGGERS = Counter(
+    "learnloop_triggers_total", "Synthesis requests emitted, by scope and reason", ["scope", "reason"]
+)
+CONSUMER_LAG = Gauge(
+    "learnloop_consumer_lag", "Records behind the end of a partition", ["topic", "partition"]
+)
+GROUPS_OWNED = Gauge("learnloop_groups_owned", "Groups whose state this worker holds")
+SEND_RETRIES = Counter(
+    "learnloop_send_retries_total", "Output batches re-sent after a timeout, by stage", ["stage"]
+)
+API_REQUESTS = Counter(
+    "learnloop_api_requests_total", "HTTP requests by route template and status", ["route", "status"]
+)
+API_LATENCY = Histogram(
+    "learnloop_api_request_seconds",
+    "HTTP request latency by route template",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+INGEST_REJECTED = Counter(
+    "learnloop_ingest_rejected_total", "Events rejected at the HTTP API, by reason", ["reason"]
+)

@@ -1,0 +1,167 @@
+"""One frozen, typed settings object, built once at start-up and passed in.
+
+Sources, highest precedence first: explicit keyword arguments (the CLI),
+``LEARNLOOP_*`` environment variables (nested with ``__``, e.g.
+``LEARNLOOP_POLICY__TEAM__MIN_USERS=4``), the YAML file named by
+``LEARNLOOP_CONFIG`` or ``--config``, then defaults. Nothing reads the
+environment at import time; :func:`load_settings` is the only entry point, and
+it turns validation failures into a ``ConfigError`` naming the key and value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from learnloop.errors import ConfigError
+from processors.groups import DerivedGroupRule
+from processors.policy import LearningPolicy, ScopePolicy
+
+
+class TopicNames(BaseModel):
+    """Kafka topic names; prefix them per environment if clusters are shared."""
+
+    model_config = ConfigDict(frozen=True)
+
+    events: str = "learnloop.events"
+    signals: str = "learnloop.signals"
+    triggers: str = "learnloop.synthesis-requests"
+    dead_letters: str = "learnloop.dead-letters"
+
+
+class Settings(BaseSettings):
+    """Everything a learnloop process needs to know, validated once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEARNLOOP_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    # --- where things are
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port[,host:port]; unset means start the embedded broker"
+    )
+    qdrant_url: str | None = Field(default=None, description="unset means the embedded store")
+    qdrant_api_key: SecretStr | None = None
+    data_dir: Path = Path(".learnloop")
+    app_id: str = "learnloop"
+    topics: TopicNames = TopicNames()
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1)
+
+    # --- processes
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    worker_web_port: int = Field(default=6066, ge=1, le=65535)
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # --- broker behaviour
+    broker_true_end_offsets: bool | None = Field(
+        default=None,
+        description=(
+            "measure changelog end offsets by reading (needed on Tansu, whose ListOffsets "
+            "under-reports); unset means on for the embedded broker, off otherwise"
+        ),
+    )
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    batch_max_events: int = Field(default=2000, ge=1)
+    batch_max_wait_s: float = Field(default=0.2, gt=0)
+    external_timeout_s: float = Field(default=10.0, gt=0)
+
+    # --- join and dedupe
+    join_wait_s: float = Field(default=30.0, ge=0, description="how long feedback waits")
+    orphan_feedback: Literal["process", "dead_letter"] = "process"
+    interaction_retention_s: float = Field(default=7 * 86400, gt=0)
+    tick_interval_s: float = Field(default=1.0, gt=0)
+    max_seen_ids_per_interaction: int = Field(default=256, ge=1)
+    max_pending_per_interaction: int = Field(default=64, ge=1)
+
+    # --- learning
+    policy: LearningPolicy = LearningPolicy()
+    derived_groups: tuple[DerivedGroupRule, ...] = ()
+    max_event_bytes: int = Field(default=1_048_576, ge=1024)
+    max_text_chars: int = Field(default=65_536, ge=16)
+
+    @field_validator("kafka_bootstrap", "qdrant_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("LEARNLOOP_CONFIG") or _yaml_override.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def true_end_offsets(self) -> bool:
+        if self.broker_true_end_offsets is None:
+            return self.embedded_broker
+        return self.broker_true_end_offsets
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some values replaced (used once the embedded broker has a port)."""
+        return self.model_copy(update=changes)
+
+
+_yaml_override: dict[str, str] = {}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings, or raise ``ConfigError`` naming key and value."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+        try:
+            yaml.safe_load(config_file.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from None
+        _yaml_override["path"] = str(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    finally:
+        _yaml_override.clear()
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad key: the key, the value given, and what was expected."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(settings)"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) else f" = {str(value)[:80]!r}"
+        env = "LEARNLOOP_" + "__".join(str(p) for p in error["loc"]).upper()
+        lines.append(f"invalid setting {key}{shown} ({env}): {error['msg']}")
+    return "\n".join(lines)
+
+
+__all__ = ["ConfigError", "LearningPolicy", "ScopePolicy", "Settings", "load_settings"]

@@ -1,0 +1,325 @@
+"""Per-group aggregation and threshold triggers.
+
+:func:`apply_signals` folds a micro-batch of signals for one group into its
+:class:`GroupState` and says whether the group should trigger synthesis. Every
+part of the state is bounded (capped maps, fixed rings), so a table value never
+grows with the number of messages. Replays are dropped: by the signal's offset
+in its own topic, by the origin of the input that produced it, and by a small
+ring of recent ids for the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from processors.groups import scope_of
+from processors.policy import ScopePolicy
+from processors.signals import Signal
+
+HOUR_MS = 3_600_000
+EVIDENCE_TYPES = frozenset({"explanation", "edit"})
+
+
+class Trigger(TypedDict):
+    """A synthesis request: the group, why, and the evidence bundle."""
+
+    trigger_id: str
+    group: str
+    scope: str
+    reason: str
+    created_ms: int
+    requires_approval: bool
+    evidence: list[dict[str, Any]]
+    stats: dict[str, Any]
+
+
+class GroupState(TypedDict):
+    group: str
+    scope: str
+    last_offset: int
+    applied: dict[str, list[int]]
+    recent_ids: list[str]
+    counts: dict[str, int]
+    up: int
+    down: int
+    score_sum: float
+    score_n: int
+    engagement: dict[str, list[float]]
+    tools: dict[str, list[int]]
+    negatives: int
+    contributors: dict[str, int]
+    distinct_contributors: int
+    evidence: list[dict[str, Any]]
+    windows: list[list[int]]
+    last_event_ms: int
+    last_synthesis_ms: int | None
+    memory_version: int
+    in_flight: str | None
+    in_flight_since: int
+    triggers_fired: int
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateLimits:
+    """Bounds on every collection inside a group's state."""
+
+    max_recent_ids: int = 512
+    max_tools: int = 64
+    max_contributors: int = 2048
+    max_evidence: int = 64
+    window_hours: int = 24
+    in_flight_timeout_ms: int = 600_000
+
+
+def new_state(group: str) -> GroupState:
+    return {
+        "group": group,
+        "scope": scope_of(group),
+        "last_offset": -1,
+        "applied": {},
+        "recent_ids": [],
+        "counts": {},
+        "up": 0,
+        "down": 0,
+        "score_sum": 0.0,
+        "score_n": 0,
+        "engagement": {},
+        "tools": {},
+        "negatives": 0,
+        "contributors": {},
+        "distinct_contributors": 0,
+        "evidence": [],
+        "windows": [],
+        "last_event_ms": 0,
+        "last_synthesis_ms": None,
+        "memory_version": 0,
+        "in_flight": None,
+        "in_flight_since": 0,
+        "triggers_fired": 0,
+    }
+
+
+def _is_replay(state: GroupState, signal: Signal, offset: int, limits: AggregateLimits) -> bool:
+    if offset <= state["last_offset"]:
+        return True
+    origin = signal["origin"]
+    if origin is not None:
+        key = str(origin[0])
+        applied = state["applied"].get(key)
+        position = [origin[1], origin[2]]
+        if applied is not None and position <= applied:
+            return True
+        state["applied"][key] = position
+    elif signal["signal_id"] in state["recent_ids"]:
+        return True
+    state["recent_ids"].append(signal["signal_id"])
+    if len(state["recent_ids"]) > limits.max_recent_ids:
+        del state["recent_ids"][0]
+    return False
+
+
+def _window(state: GroupState, timestamp: int, limits: AggregateLimits) -> list[int]:
+    """The hourly bucket ``[hour_ms, events, up, down, tool_calls, tool_failures]``."""
+    hour = timestamp - timestamp % HOUR_MS
+    for bucket in state["windows"]:
+        if bucket[0] == hour:
+            return bucket
+    bucket = [hour, 0, 0, 0, 0, 0]
+    state["windows"].append(bucket)
+    state["windows"].sort(key=lambda b: b[0])
+    del state["windows"][: max(0, len(state["windows"]) - limits.window_hours)]
+    return bucket
+
+
+def _count_tool(state: GroupState, name: str, failed: bool, limits: AggregateLimits) -> None:
+    entry = state["tools"].get(name)
+    if entry is None:
+        if len(state["tools"]) >= limits.max_tools:
+            return
+        entry = state["tools"][name] = [0, 0]
+    entry[0] += 1
+    entry[1] += int(failed)
+
+
+def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
+    kind = signal["type"]
+    payload = signal["payload"]
+    state["counts"][kind] = state["counts"].get(kind, 0) + 1
+    state["last_event_ms"] = max(state["last_event_ms"], signal["timestamp"])
+    bucket = _window(state, signal["timestamp"], limits)
+    bucket[1] += 1
+    user = signal["user_id"]
+    if user not in state["contributors"]:
+        state["distinct_contributors"] += 1
+        if len(state["contributors"]) < limits.max_contributors:
+            state["contributors"][user] = 0
+    if user in state["contributors"]:
+        state["contributors"][user] += 1
+    if kind == "rating":
+        value = payload.get("value")
+        if value is None and payload.get("score") is not None and payload.get("scale"):
+            state["score_sum"] += float(payload["score"]) / float(payload["scale"])
+            state["score_n"] += 1
+            value = 1 if payload["score"] / payload["scale"] >= 0.6 else -1
+        if value == 1:
+            state["up"] += 1
+            bucket[2] += 1
+        elif value == -1:
+            state["down"] += 1
+            bucket[3] += 1
+    elif kind == "engagement":
+        entry = state["engagement"].setdefault(str(payload.get("kind")), [0.0, 0.0])
+        entry[0] += 1
+        entry[1] += float(payload.get("value") or 0.0)
+    elif kind in ("interaction", "tool_call"):
+        calls: Iterable[Any] = payload.get("tool_calls", []) if kind == "interaction" else [payload]
+        for call in calls:
+            failed = call.get("status") != "ok"
+            _count_tool(state, str(call.get("name")), failed, limits)
+            bucket[4] += 1
+            bucket[5] += int(failed)
+        if signal["flags"]:
+            state["negatives"] += 1
+    if kind in EVIDENCE_TYPES or signal["flags"]:
+        state["evidence"].append(_evidence(signal))
+        del state["evidence"][: max(0, len(state["evidence"]) - limits.max_evidence)]
+
+
+def _evidence(signal: Signal) -> dict[str, Any]:
+    return {
+        "event_id": signal["event_id"],
+        "type": signal["type"],
+        "user_id": signal["user_id"],
+        "timestamp": signal["timestamp"],
+        "query": signal["query"],
+        "response": signal["response"],
+        "payload": signal["payload"],
+        "flags": signal["flags"],
+    }
+
+
+def weighted_support(evidence: Iterable[dict[str, Any]], policy: ScopePolicy) -> tuple[float, int]:
+    """Evidence with each user's share capped, and the number of distinct users behind it."""
+    per_user: dict[str, int] = {}
+    for item in evidence:
+        if item["type"] in EVIDENCE_TYPES:
+            per_user[item["user_id"]] = per_user.get(item["user_id"], 0) + 1
+    cap = max(1, math.ceil(policy.min_evidence * policy.max_user_weight))
+    return float(sum(min(n, cap) for n in per_user.values())), len(per_user)
+
+
+def _downvote_jump(state: GroupState, now_ms: int, policy: ScopePolicy) -> bool:
+    recent = [b for b in state["windows"] if b[0] >= now_ms - now_ms % HOUR_MS]
+    older = [b for b in state["windows"] if b not in recent]
+    r_up, r_down = sum(b[2] for b in recent), sum(b[3] for b in recent)
+    o_up, o_down = sum(b[2] for b in older), sum(b[3] for b in older)
+    if r_up + r_down < policy.min_ratings_for_rate or o_up + o_down < policy.min_ratings_for_rate:
+        return False
+    return r_down / (r_up + r_down) - o_down / (o_up + o_down) >= policy.downvote_rate_jump
+
+
+def _failing_tool(state: GroupState, policy: ScopePolicy) -> str | None:
+    for name, (calls, failures) in sorted(state["tools"].items()):
+        if calls >= policy.min_tool_calls and failures / calls >= policy.tool_failure_rate:
+            return name
+    return None
+
+
+def decide_trigger(
+    state: GroupState, now_ms: int, policy: ScopePolicy, limits: AggregateLimits
+) -> str | None:
+    """The reason this group should synthesise now, or None."""
+    if state["in_flight"] is not None:
+        if now_ms - state["in_flight_since"] < limits.in_flight_timeout_ms:
+            return None
+    if not state["evidence"]:
+        return None
+    support, users = weighted_support(state["evidence"], policy)
+    if support >= policy.min_evidence and users >= policy.min_users:
+        return "evidence"
+    if _downvote_jump(state, now_ms, policy):
+        return "downvote_rate_jump"
+    failing = _failing_tool(state, policy)
+    negatives = [e for e in state["evidence"] if e["flags"]]
+    if failing is not None and len({e["user_id"] for e in negatives}) >= policy.min_users:
+        return f"tool_failure_rate:{failing}"
+    since = state["last_synthesis_ms"]
+    if since is not None and now_ms - since >= policy.max_staleness_s * 1000 and users:
+        return "staleness"
+    return None
+
+
+def apply_signals(
+    state: GroupState | None,
+    signals: Iterable[tuple[int, Signal]],
+    now_ms: int,
+    policy: ScopePolicy,
+    limits: AggregateLimits = AggregateLimits(),
+) -> tuple[GroupState, list[Trigger]]:
+    """Fold ``(offset, signal)`` pairs for one group; return the state and any trigger."""
+    triggers: list[Trigger] = []
+    current: GroupState | None = state
+    for offset, signal in signals:
+        if current is None:
+            current = new_state(signal["group"])
+        if _is_replay(current, signal, offset, limits):
+            continue
+        current["last_offset"] = offset
+        _fold(current, signal, limits)
+    if current is None:
+        raise ValueError("apply_signals needs a state or at least one signal")
+    reason = decide_trigger(current, now_ms, policy, limits)
+    if reason is not None:
+        current["triggers_fired"] += 1
+        trigger_id = f"{current['group']}#{current['triggers_fired']}"
+        current["in_flight"] = trigger_id
+        current["in_flight_since"] = now_ms
+        triggers.append(
+            {
+                "trigger_id": trigger_id,
+                "group": current["group"],
+                "scope": current["scope"],
+                "reason": reason,
+                "created_ms": now_ms,
+                "requires_approval": policy.requires_approval,
+                "evidence": list(current["evidence"]),
+                "stats": stats_view(current),
+            }
+        )
+    return current, triggers
+
+
+def stats_view(state: GroupState) -> dict[str, Any]:
+    """The public aggregates of a group (``GET /v1/groups/{group}/stats``)."""
+    ratings = state["up"] + state["down"]
+    return {
+        "group": state["group"],
+        "scope": state["scope"],
+        "counts": dict(state["counts"]),
+        "events": sum(state["counts"].values()),
+        "thumbs_up": state["up"],
+        "thumbs_down": state["down"],
+        "downvote_rate": state["down"] / ratings if ratings else None,
+        "mean_score": state["score_sum"] / state["score_n"] if state["score_n"] else None,
+        "engagement": {k: {"count": v[0], "sum": v[1]} for k, v in state["engagement"].items()},
+        "tools": {
+            name: {"calls": c, "failures": f, "failure_rate": f / c if c else 0.0}
+            for name, (c, f) in state["tools"].items()
+        },
+        "negative_trajectories": state["negatives"],
+        "distinct_contributors": state["distinct_contributors"],
+        "pending_evidence": len(state["evidence"]),
+        "windows": [
+            {"hour_ms": b[0], "events": b[1], "up": b[2], "down": b[3], "tool_calls": b[4],
+             "tool_failures": b[5]}
+            for b in state["windows"]
+        ],
+        "last_event_ms": state["last_event_ms"],
+        "last_synthesis_ms": state["last_synthesis_ms"],
+        "memory_version": state["memory_version"],
+        "triggers_fired": state["triggers_fired"],
+        "synthesis_in_flight": state["in_flight"] is not None,
+    }

@@ -1,0 +1,37 @@
+"""The joined, group-attributed signal that flows from the join stage to aggregation."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class Signal(TypedDict):
+    """One event's contribution to one preference group.
+
+    ``origin`` is ``[events partition, offset, sub-index]`` of the input that
+    caused it (or None when a timer released it): per group and partition it only
+    grows, which lets aggregation drop replays after a crash without keeping
+    every id it ever saw.
+    """
+
+    signal_id: str
+    group: str
+    origin: list[int] | None
+    event_id: str
+    type: str
+    timestamp: int
+    user_id: str
+    interaction_id: str | None
+    joined: bool
+    query: str | None
+    response: str | None
+    payload: dict[str, Any]
+    flags: list[str]
+
+
+class DeadLetter(TypedDict):
+    """Something that could not be processed, and why; sent to the dead-letter topic."""
+
+    reason: str
+    detail: str
+    event_id: str | None

@@ -1,0 +1,93 @@
+"""Agent: signals (keyed by group) -> per-group state -> synthesis triggers.
+
+Per micro-batch: decode the signals, fold each group's signals into its state
+with one processor call, deliver any triggers, then write each touched group
+once, so changelog traffic grows with groups touched, not with events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from learnloop import metrics
+from processors.aggregate import GroupState, apply_signals
+from processors.groups import scope_of
+from processors.signals import Signal
+from streams.dead_letters import dead_letter
+from streams.outputs import Outgoing, deliver, now_ms
+
+if TYPE_CHECKING:
+    from streams.app import WorkerApp
+
+log = structlog.get_logger(__name__)
+STAGE = "aggregate"
+
+
+async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
+    started = time.perf_counter()
+    by_group: dict[str, list[tuple[int, Signal]]] = defaultdict(list)
+    partitions: dict[str, int] = {}
+    out: list[Outgoing] = []
+    for event in events:
+        message = event.message
+        try:
+            signal: Signal = orjson.loads(message.value)
+            group = signal["group"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            out.append(dead_letter(
+                app, "bad_signal", type(exc).__name__, value=message.value, key=message.key,
+                topic=message.topic, partition=message.partition, offset=message.offset,
+            ))
+            continue
+        metrics.EVENTS_IN.labels(STAGE, signal["type"]).inc()
+        by_group[group].append((message.offset, signal))
+        partitions[group] = message.partition
+    now = now_ms()
+    policy_of = app.settings.policy.for_scope
+    states: dict[str, GroupState] = {}
+    for group, signals in by_group.items():
+        before = app.group_state.get(group)
+        state, triggers = apply_signals(
+            before, signals, now, policy_of(scope_of(group)), app.aggregate_limits
+        )
+        states[group] = state
+        for trigger in triggers:
+            metrics.TRIGGERS.labels(trigger["scope"], trigger["reason"].split(":")[0]).inc()
+            log.info("trigger", group=group, reason=trigger["reason"],
+                     trigger_id=trigger["trigger_id"], evidence=len(trigger["evidence"]))
+            out.append(Outgoing(app.triggers_topic, group.encode(), orjson.dumps(trigger)))
+    await deliver(STAGE, out, app.settings.external_timeout_s)
+    for group, state in states.items():
+        app.group_state.put(group, state, partitions[group])
+    metrics.GROUPS_OWNED.set(len(app.group_state.data))
+    metrics.BATCH_SIZE.labels(STAGE).observe(len(events))
+    metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+
+
+def register(app: WorkerApp) -> None:
+    settings = app.settings
+
+    @app.agent(app.signals_topic, name="aggregate")  # type: ignore[misc]
+    async def aggregate(stream: Any) -> None:
+        async for events in stream.take_events(
+            settings.batch_max_events, within=settings.batch_max_wait_s
+        ):
+            try:
+                await aggregate_batch(app, list(events))
+            except Exception:  # noqa: BLE001 - isolate the signal that fails, keep the rest
+                log.exception("aggregate batch failed, retrying one by one", events=len(events))
+                for event in events:
+                    try:
+                        await aggregate_batch(app, [event])
+                    except Exception as exc:  # noqa: BLE001
+                        message = event.message
+                        await deliver(STAGE, [dead_letter(
+                            app, "processing_error", type(exc).__name__, value=message.value,
+                            key=message.key, topic=message.topic, partition=message.partition,
+                            offset=message.offset,
+                        )], settings.external_timeout_s)

@@ -1,0 +1,122 @@
+"""``create_app(settings)``: the Faust app with its topics, tables and agents.
+
+Data flow (topic -> agent -> topic)::
+
+    events (key: interaction id) --join--> signals (key: group) --aggregate--> triggers
+          \\--------------------------------- dead letters <-------------------/
+
+The agents are thin: decode, call a processor, send outputs, write the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+import structlog
+from mode.utils.times import Seconds
+
+from learnloop.settings import Settings
+from processors.aggregate import AggregateLimits
+from processors.join import JoinConfig
+from schemas import EventCodec, Limits
+from streams.tables import ExplicitPartitionTable
+
+log = structlog.get_logger(__name__)
+
+
+class WorkerApp(faust.App):  # type: ignore[misc]
+    """The learnloop Faust app; holds its settings, topics and tables as attributes."""
+
+    settings: Settings
+    codec: EventCodec
+    join_config: JoinConfig
+    aggregate_limits: AggregateLimits
+    events_topic: faust.TopicT
+    signals_topic: faust.TopicT
+    triggers_topic: faust.TopicT
+    dead_letter_topic: faust.TopicT
+    join_slots: ExplicitPartitionTable
+    group_state: ExplicitPartitionTable
+    #: set once partitions are assigned and table recovery has finished
+    ready: asyncio.Event
+    #: join-slot keys known to hold feedback waiting for its interaction
+    pending_slots: set[str]
+
+
+def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable:
+    table = ExplicitPartitionTable(
+        app,
+        name=name,
+        default=None,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        partitions=partitions,
+        help=f"learnloop {name}",
+    )
+    return app.tables.add(table)  # type: ignore[no-any-return]
+
+
+def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp:
+    """Build the worker app. ``bootstrap`` overrides the settings (embedded broker port)."""
+    servers = bootstrap or settings.kafka_bootstrap
+    if servers is None:
+        raise ValueError("create_app needs a bootstrap server (start the embedded broker first)")
+    scheme = "tansu" if settings.true_end_offsets else "kafka"
+    broker = ";".join(f"{scheme}://{server}" for server in servers.split(","))
+    commit: Seconds = settings.commit_interval_s
+    app = WorkerApp(
+        settings.app_id,
+        broker=broker,
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_commit_interval=commit,
+        broker_max_poll_records=settings.batch_max_events,
+        stream_buffer_maxsize=max(4096, 2 * settings.batch_max_events),
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        web_enabled=True,
+        web_port=settings.worker_web_port,
+        web_bind="0.0.0.0" if settings.api_host == "0.0.0.0" else "127.0.0.1",
+        web_in_thread=False,
+        producer_linger_ms=2,
+        consumer_auto_offset_reset="earliest",
+        datadir=str(settings.data_dir / "worker"),
+        # Tansu answers JoinGroup only after the rebalance timeout when a member is
+        # missing; short timeouts make start-up and fail-over fast (see README).
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=10.0,
+    )
+    app.settings = settings
+    app.codec = EventCodec(
+        Limits(max_text_chars=settings.max_text_chars, max_event_bytes=settings.max_event_bytes)
+    )
+    app.join_config = JoinConfig(
+        rules=settings.derived_groups,
+        wait_ms=int(settings.join_wait_s * 1000),
+        retention_ms=int(settings.interaction_retention_s * 1000),
+        orphan_feedback=settings.orphan_feedback,
+        max_seen=settings.max_seen_ids_per_interaction,
+        max_pending=settings.max_pending_per_interaction,
+    )
+    app.aggregate_limits = AggregateLimits()
+    names = settings.topics
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    app.events_topic = app.topic(names.events, partitions=settings.partitions, **raw)
+    app.signals_topic = app.topic(names.signals, partitions=settings.partitions, **raw)
+    app.triggers_topic = app.topic(names.triggers, partitions=settings.partitions, **raw)
+    app.dead_letter_topic = app.topic(names.dead_letters, partitions=1, **raw)
+    app.join_slots = _table(app, "join-slots", settings.partitions)
+    app.group_state = _table(app, "group-state", settings.partitions)
+    app.ready = asyncio.Event()
+    app.pending_slots = set()
+
+    from streams import aggregate_agent, join_agent, web  # noqa: PLC0415 - wiring needs app
+
+    join_agent.register(app)
+    aggregate_agent.register(app)
+    web.register(app)
+    return app

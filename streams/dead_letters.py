@@ -1,0 +1,30 @@
+"""Dead letters: the input bytes plus headers that say why, from where and when."""
+
+from __future__ import annotations
+
+import orjson
+
+from learnloop import metrics
+from streams.outputs import Outgoing, now_ms
+
+
+def dead_letter(
+    app: object, reason: str, detail: str, *, value: bytes | None, key: bytes | None,
+    topic: str, partition: int, offset: int, errors: list[tuple[str, str]] | None = None,
+) -> Outgoing:
+    """A record for the dead-letter topic; ``detail`` names the field where known."""
+    metrics.DEAD_LETTERS.labels(reason).inc()
+    headers = [
+        ("learnloop.reason", reason.encode()),
+        ("learnloop.detail", detail.encode("utf-8", "replace")[:1000]),
+        ("learnloop.source", f"{topic}/{partition}/{offset}".encode()),
+        ("learnloop.dead_lettered_ms", str(now_ms()).encode()),
+    ]
+    if errors:
+        headers.append(("learnloop.errors", orjson.dumps([list(e) for e in errors])[:2000]))
+    return Outgoing(
+        topic=app.dead_letter_topic,  # type: ignore[attr-defined]
+        key=key,
+        value=value if value is not None else b"",
+        headers=headers,
+    )

@@ -1,0 +1,169 @@
+"""Agent: events -> join with the interaction, dedupe, attribute groups -> signals.
+
+Per micro-batch: decode each event (bad ones become dead letters), re-route
+events whose Kafka key is not their interaction id, fold each into its
+interaction's slot, deliver signals and dead letters, then write each touched
+slot once. A timer releases feedback that waited too long for its interaction
+and drops slots past their retention.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from learnloop import metrics
+from processors.join import JoinSlot, expire, process_event
+from processors.signals import DeadLetter, Signal
+from schemas import DecodeError
+from streams.dead_letters import dead_letter
+from streams.outputs import Outgoing, deliver, now_ms
+
+if TYPE_CHECKING:
+    from streams.app import WorkerApp
+
+log = structlog.get_logger(__name__)
+STAGE = "join"
+SWEEP_EVERY = 60
+
+
+def _signal_out(app: WorkerApp, signal: Signal) -> Outgoing:
+    return Outgoing(
+        topic=app.signals_topic, key=signal["group"].encode(), value=orjson.dumps(signal)
+    )
+
+
+def _dead_out(app: WorkerApp, dead: DeadLetter, source: tuple[str, int, int]) -> Outgoing:
+    log.warning("dead letter", event_id=dead["event_id"], reason=dead["reason"], stage=STAGE)
+    return dead_letter(
+        app, dead["reason"], dead["detail"],
+        value=orjson.dumps(dead), key=(dead["event_id"] or "").encode(),
+        topic=source[0], partition=source[1], offset=source[2],
+    )
+
+
+async def join_batch(app: WorkerApp, events: list[Any]) -> None:
+    """Process one micro-batch of Faust events from the events topic."""
+    started = time.perf_counter()
+    now = now_ms()
+    table = app.join_slots
+    touched: dict[str, tuple[int, JoinSlot]] = {}
+    out: list[Outgoing] = []
+    for event in events:
+        message = event.message
+        source = (message.topic, message.partition, message.offset)
+        try:
+            record = app.codec.decode(message.value)
+        except DecodeError as exc:
+            out.append(dead_letter(
+                app, exc.reason, exc.detail, value=message.value, key=message.key,
+                topic=source[0], partition=source[1], offset=source[2], errors=exc.errors,
+            ))
+            continue
+        metrics.EVENTS_IN.labels(STAGE, record["type"]).inc()
+        slot_key = record["interaction_id"] or record["event_id"]
+        if message.key != slot_key.encode():
+            # not co-partitioned with its interaction: send it to the right partition
+            out.append(Outgoing(app.events_topic, slot_key.encode(), message.value))
+            continue
+        current = touched.get(slot_key)
+        slot = current[1] if current else _load(table, slot_key)
+        seen_before = slot is not None and record["event_id"] in slot["seen"]
+        slot, signals, dead = process_event(
+            slot, record, (message.partition, message.offset), now, app.join_config
+        )
+        if seen_before:
+            metrics.DUPLICATES.labels(STAGE).inc()
+        touched[slot_key] = (message.partition, slot)
+        if slot["pending"]:
+            app.pending_slots.add(slot_key)
+        out.extend(_signal_out(app, s) for s in signals)
+        out.extend(_dead_out(app, d, source) for d in dead)
+    await deliver(STAGE, out, app.settings.external_timeout_s)
+    metrics.EVENTS_OUT.labels(STAGE, "signal").inc(len(out))
+    for key, (partition, slot) in touched.items():
+        table.put(key, [partition, slot], partition)
+    metrics.BATCH_SIZE.labels(STAGE).observe(len(events))
+    metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+
+
+def _load(table: Any, key: str) -> JoinSlot | None:
+    stored = table.get(key)
+    return None if stored is None else stored[1]  # type: ignore[no-any-return]
+
+
+async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
+    """Release overdue feedback and drop expired slots on this worker's partitions.
+
+    Every tick looks only at slots known to hold waiting feedback; a full sweep
+    (every ``SWEEP_EVERY`` ticks, and after a restart) finds expired slots too.
+    """
+    now = now_ms()
+    table = app.join_slots
+    assigned = {tp.partition for tp in app.assignor.assigned_actives()
+                if tp.topic == app.settings.topics.events}
+    out: list[Outgoing] = []
+    writes: list[tuple[str, int, JoinSlot | None]] = []
+    keys = list(table.data.keys()) if full_sweep else list(app.pending_slots)
+    app.pending_slots.clear()
+    for key in keys:
+        stored = table.data.get(key)
+        if stored is None:
+            continue
+        partition, slot = stored
+        if partition not in assigned:
+            continue
+        if not slot["pending"] and now - slot["touched_ms"] < app.join_config.retention_ms:
+            continue
+        new_slot, signals, dead = expire(slot, now, app.join_config)
+        out.extend(_signal_out(app, s) for s in signals)
+        out.extend(_dead_out(app, d, (app.settings.topics.events, partition, -1)) for d in dead)
+        writes.append((key, partition, new_slot))
+        if new_slot is not None and new_slot["pending"]:
+            app.pending_slots.add(key)
+    if not writes:
+        return
+    await deliver(STAGE, out, app.settings.external_timeout_s)
+    for key, partition, new_slot in writes:
+        if new_slot is None:
+            table.remove(key, partition)
+        else:
+            table.put(key, [partition, new_slot], partition)
+
+
+def register(app: WorkerApp) -> None:
+    settings = app.settings
+
+    @app.agent(app.events_topic, name="join")  # type: ignore[misc]
+    async def join(stream: Any) -> None:
+        async for events in stream.take_events(
+            settings.batch_max_events, within=settings.batch_max_wait_s
+        ):
+            try:
+                await join_batch(app, list(events))
+            except Exception:  # noqa: BLE001 - isolate the event that fails, keep the rest
+                log.exception("join batch failed, retrying one by one", events=len(events))
+                for event in events:
+                    try:
+                        await join_batch(app, [event])
+                    except Exception as exc:  # noqa: BLE001
+                        message = event.message
+                        await deliver(STAGE, [dead_letter(
+                            app, "processing_error", type(exc).__name__, value=message.value,
+                            key=message.key, topic=message.topic, partition=message.partition,
+                            offset=message.offset,
+                        )], settings.external_timeout_s)
+
+    ticks = 0
+
+    @app.timer(settings.tick_interval_s)  # type: ignore[misc]
+    async def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        try:
+            await expire_slots(app, full_sweep=ticks % SWEEP_EVERY == 1)
+        except Exception:  # noqa: BLE001
+            log.exception("expiry sweep failed", stage=STAGE)

@@ -1,0 +1,65 @@
+"""Sending a batch's outputs and waiting until the broker has them.
+
+An agent writes its table only after its outputs are delivered: if the worker
+dies in between, the input is replayed and the outputs are sent again (and
+deduped downstream); the reverse order could lose them. A send that times out
+is retried with backoff instead of being dropped, and never raises out of the
+agent loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import faust
+import structlog
+
+from learnloop import metrics
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Outgoing:
+    topic: faust.TopicT
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    partition: int | None = None
+
+
+async def deliver(
+    stage: str, records: Sequence[Outgoing], timeout_s: float, max_backoff_s: float = 5.0
+) -> None:
+    """Send every record and wait for all acknowledgements, retrying on timeout."""
+    if not records:
+        return
+    attempt = 0
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                futures = [
+                    await r.topic.send(
+                        key=r.key, value=r.value, headers=r.headers, partition=r.partition
+                    )
+                    for r in records
+                ]
+                await asyncio.gather(*futures)
+            return
+        except Exception as exc:  # noqa: BLE001 - nothing may escape the agent loop
+            attempt += 1
+            metrics.SEND_RETRIES.labels(stage).inc()
+            delay = min(max_backoff_s, 0.1 * 2**attempt)
+            log.warning(
+                "send failed, retrying", stage=stage, records=len(records), attempt=attempt,
+                error=type(exc).__name__, retry_in_s=delay,
+            )
+            await asyncio.sleep(delay)
+
+
+def now_ms() -> int:
+    """Wall clock in epoch milliseconds: handed to processors, never read by them."""
+    return int(time.time() * 1000)
