@@ -1,0 +1,71 @@
+"""Starting the production processes: the worker and the API server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import uvicorn
+
+from learnloop.api.app import Services, create_api
+from learnloop.api.group_view import GroupView, changelog_topic
+from learnloop.embedded.broker import _die_with_parent
+from learnloop.producer import EventProducer
+from learnloop.settings import Settings
+from learnloop.store.factory import open_store
+from learnloop.topics import ensure_topics
+
+
+def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
+    """The API app with its services, wrapped in a uvicorn server (not yet running)."""
+    store = open_store(
+        settings.qdrant_url,
+        settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        settings.data_dir,
+        settings.external_timeout_s,
+    )
+    services = Services(
+        producer=EventProducer(bootstrap, settings.topics.events),
+        groups=GroupView(
+            bootstrap, changelog_topic(settings.app_id, "group-state"), settings.partitions
+        ),
+        store=store,
+    )
+    app = create_api(settings, services)
+    config = uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+def run_api(settings: Settings, bootstrap: str) -> None:
+    """Block serving the API; SIGTERM drains in-flight requests, then stops."""
+    asyncio.run(ensure_topics(bootstrap, settings))
+    build_api_server(settings, bootstrap).run()
+
+
+def spawn_worker(bootstrap: str, settings: Settings, web_port: int) -> subprocess.Popen[bytes]:
+    """A ``learnloop worker`` child process that dies with this one."""
+    env = dict(os.environ)
+    env.update(
+        LEARNLOOP_KAFKA_BOOTSTRAP=bootstrap,
+        LEARNLOOP_BROKER_TRUE_END_OFFSETS="true" if settings.true_end_offsets else "false",
+        LEARNLOOP_WORKER_WEB_PORT=str(web_port),
+        LEARNLOOP_DATA_DIR=str(settings.data_dir),
+        LEARNLOOP_LOG_FORMAT=settings.log_format,
+        LEARNLOOP_PARTITIONS=str(settings.partitions),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "learnloop", "worker"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - no orphans if we are killed
+    )
