@@ -24,6 +24,7 @@ import os
 import statistics
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -123,7 +124,7 @@ async def run_backend(
         )
         if args.edge_optimize and isinstance(store, EdgeVectorStore):
             start = time.perf_counter()
-            await store.optimize(COLLECTION)
+            changed = await store.optimize(COLLECTION)
             took = time.perf_counter() - start
             rows.append(
                 Row(
@@ -132,12 +133,18 @@ async def run_backend(
                     None,
                     await time_searches(store, queries, args.groups, True, 1),
                     await time_searches(store, queries, args.groups, False, 2),
-                    note=f"optimize() took {took:.1f} s (HNSW build, blocks)",
+                    note=f"optimize() {'built' if changed else 'no-op'} in {took:.1f} s",
                 )
             )
     finally:
         await store.close()
     return rows
+
+
+def _pair(pair: tuple[float, float] | None, width: int) -> str:
+    if pair is None:
+        return f"{'-':>{width}}" * 2
+    return f"{pair[0]:>{width}.3f}{pair[1]:>{width}.3f}"
 
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
@@ -150,25 +157,18 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         f"{os.cpu_count()} CPUs; {versions}"
     )
     header = (
-        f"{'backend':<26}{'upsert s':>10}{'points/s':>11}"
+        f"{'backend':<24}{'upsert s':>10}{'points/s':>11}"
         f"{'group p50 ms':>14}{'group p99 ms':>14}{'all p50 ms':>12}{'all p99 ms':>12}  note"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
-        cells = f"{row.backend:<26}"
         if row.upsert_s is None:
-            cells += f"{'-':>10}{'-':>11}"
+            upsert = f"{'-':>10}{'-':>11}"
         else:
-            cells += f"{row.upsert_s:>10.2f}{row.points / row.upsert_s:>11,.0f}"
-        for pair in (row.filtered, row.unfiltered):
-            if pair is None:
-                cells += f"{'-':>14}{'-':>14}" if pair is row.filtered else f"{'-':>12}{'-':>12}"
-            elif pair is row.filtered:
-                cells += f"{pair[0]:>14.3f}{pair[1]:>14.3f}"
-            else:
-                cells += f"{pair[0]:>12.3f}{pair[1]:>12.3f}"
-        print(f"{cells}  {row.note}".rstrip())
+            upsert = f"{row.upsert_s:>10.2f}{row.points / row.upsert_s:>11,.0f}"
+        line = f"{row.backend:<24}{upsert}{_pair(row.filtered, 14)}{_pair(row.unfiltered, 12)}"
+        print(f"{line}  {row.note}".rstrip())
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -177,7 +177,7 @@ async def main(args: argparse.Namespace) -> None:
     rows: list[Row] = []
     if "edge" in args.backends:
         rows += await run_backend(
-            "edge (qdrant-edge, disk)", lambda: EdgeVectorStore(None), points, args, queries
+            "edge (disk)", lambda: EdgeVectorStore(None), points, args, queries
         )
     if "local" in args.backends:
         if args.points > args.local_max_points:
@@ -228,8 +228,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    import warnings
-
-    # Local mode warns once that payload indexes do nothing there; that is expected.
-    warnings.filterwarnings("ignore", message="Payload indexes have no effect", category=UserWarning)
+    # Local mode warns that payload indexes do nothing there; expected, not news.
+    warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
     asyncio.run(main(parse_args()))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,16 +72,21 @@ def up(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
 ) -> None:
     """Run everything on this machine: broker, vector store, worker, API and web page."""
-    from learnloop.processes import build_api_server, spawn_worker  # noqa: PLC0415
-    from learnloop.topics import ensure_topics  # noqa: PLC0415
+    from learnloop.processes import build_api_server, spawn_worker
+    from learnloop.topics import ensure_topics
 
     settings = _settings(config, api_port=port, api_host=host)
     broker: EmbeddedBroker | None = None
     worker: subprocess.Popen[bytes] | None = None
     _stop_on_sigterm()
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
             task = progress.add_task("starting the embedded broker (Tansu)…")
             if settings.embedded_broker:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -94,12 +101,24 @@ def up(
             progress.update(task, description="starting the stream worker…")
             worker_port = free_port()
             worker = spawn_worker(bootstrap, settings, worker_port)
+            progress.update(task, description="waiting for the worker to join and recover…")
+            _wait_worker_ready(worker, worker_port)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         runtime = settings.data_dir / RUNTIME_FILE
-        runtime.write_bytes(orjson.dumps({
-            "bootstrap": bootstrap, "api": f"http://{settings.api_host}:{settings.api_port}",
-            "worker_metrics": f"http://127.0.0.1:{worker_port}/metrics",
-        }))
+        runtime.write_bytes(
+            orjson.dumps(
+                {
+                    "bootstrap": bootstrap,
+                    "api": f"http://{settings.api_host}:{settings.api_port}",
+                    "worker_metrics": f"http://127.0.0.1:{worker_port}/metrics",
+                    "pids": {
+                        "up": os.getpid(),
+                        "worker": worker.pid,
+                        "broker": broker.pid if broker else None,
+                    },
+                }
+            )
+        )
         store = settings.qdrant_url or f"embedded ({settings.data_dir / 'vectors'})"
         console.print(
             f"[green]learnloop is up[/green]\n"
@@ -112,6 +131,8 @@ def up(
             "Ctrl-C stops everything."
         )
         build_api_server(settings, bootstrap).run()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C or SIGTERM: a requested, clean shutdown
     except LearnloopError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -121,6 +142,25 @@ def up(
         if broker is not None:
             broker.stop()
         console.print("learnloop stopped")
+
+
+def _wait_worker_ready(
+    worker: subprocess.Popen[bytes], port: int, timeout_s: float = 180.0
+) -> None:
+    """Block until the worker's /readyz says yes, so `up` is ready only when all of it is."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise LearnloopError(f"the worker exited with code {worker.returncode}; see its log")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise LearnloopError(f"the worker was not ready within {timeout_s} s")
 
 
 def _stop_on_sigterm() -> None:
@@ -146,7 +186,7 @@ def _stop_child(process: subprocess.Popen[bytes] | None, timeout_s: float = 20.0
 @app.command()
 def worker(config: ConfigOption = None) -> None:
     """Run one stream worker against LEARNLOOP_KAFKA_BOOTSTRAP (scale by running more)."""
-    from streams.run import run_worker  # noqa: PLC0415 - Faust is heavy to import
+    from streams.run import run_worker
 
     settings = _settings(config)
     run_worker(settings, _require_bootstrap(settings, "worker"))
@@ -159,7 +199,7 @@ def api(
     host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
 ) -> None:
     """Serve the HTTP API and web page against a Kafka cluster and the vector store."""
-    from learnloop.processes import run_api  # noqa: PLC0415
+    from learnloop.processes import run_api
 
     settings = _settings(config, api_port=port, api_host=host)
     run_api(settings, _require_bootstrap(settings, "api"))
@@ -186,8 +226,8 @@ def emit(
 
     Without a bootstrap server it sends to the broker of a running `learnloop up`.
     """
-    from learnloop.producer import EventProducer  # noqa: PLC0415
-    from schemas import WireFormat  # noqa: PLC0415
+    from learnloop.producer import EventProducer
+    from schemas import WireFormat
 
     settings = _settings(config, kafka_bootstrap=bootstrap)
     servers = _require_bootstrap(settings, "emit")
@@ -197,10 +237,16 @@ def emit(
 
     async def run() -> tuple[int, int]:
         sent = rejected = 0
-        async with EventProducer(servers, settings.topics.events, wire=WireFormat(wire)) as producer:
+        async with EventProducer(
+            servers, settings.topics.events, wire=WireFormat(wire)
+        ) as producer:
             pending: list[tuple[bytes, bytes, str]] = []
-            with Progress(TextColumn("{task.description}"), TimeElapsedColumn(),
-                          console=console, disable=not console.is_terminal) as progress:
+            with Progress(
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+                disable=not console.is_terminal,
+            ) as progress:
                 task = progress.add_task("sending", total=None)
                 for number, line in _lines(source):
                     try:

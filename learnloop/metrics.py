@@ -35,7 +35,9 @@ BATCH_SIZE = Histogram(
     buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
 )
 TRIGGERS = Counter(
-    "learnloop_triggers_total", "Synthesis requests emitted, by scope and reason", ["scope", "reason"]
+    "learnloop_triggers_total",
+    "Synthesis requests emitted, by scope and reason",
+    ["scope", "reason"],
 )
 CONSUMER_LAG = Gauge(
     "learnloop_consumer_lag", "Records behind the end of a partition", ["topic", "partition"]
@@ -45,7 +47,9 @@ SEND_RETRIES = Counter(
     "learnloop_send_retries_total", "Output batches re-sent after a timeout, by stage", ["stage"]
 )
 API_REQUESTS = Counter(
-    "learnloop_api_requests_total", "HTTP requests by route template and status", ["route", "status"]
+    "learnloop_api_requests_total",
+    "HTTP requests by route template and status",
+    ["route", "status"],
 )
 API_LATENCY = Histogram(
     "learnloop_api_request_seconds",

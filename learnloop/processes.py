@@ -67,5 +67,5 @@ def spawn_worker(bootstrap: str, settings: Settings, web_port: int) -> subproces
         [sys.executable, "-m", "learnloop", "worker"],
         env=env,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - no orphans if we are killed
+        preexec_fn=_die_with_parent,
     )

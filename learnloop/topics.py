@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -31,10 +32,8 @@ async def ensure_topics(bootstrap: str, settings: Settings, timeout_s: float = 3
                 if name not in existing
             ]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another process won
                     await admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass  # another process won the race
     except TimeoutError:
         raise BrokerError(f"could not create topics on {bootstrap} within {timeout_s} s") from None
     finally:

@@ -18,6 +18,8 @@ from typing import Any, TypedDict
 from processors.groups import scope_of
 from processors.policy import ScopePolicy
 from processors.signals import Signal
+from processors.sketch import add as sketch_add
+from processors.sketch import estimate, new_sketch
 
 HOUR_MS = 3_600_000
 EVIDENCE_TYPES = frozenset({"explanation", "edit"})
@@ -51,6 +53,7 @@ class GroupState(TypedDict):
     tools: dict[str, list[int]]
     negatives: int
     contributors: dict[str, int]
+    contributors_sketch: list[int]
     distinct_contributors: int
     evidence: list[dict[str, Any]]
     windows: list[list[int]]
@@ -90,6 +93,7 @@ def new_state(group: str) -> GroupState:
         "tools": {},
         "negatives": 0,
         "contributors": {},
+        "contributors_sketch": new_sketch(),
         "distinct_contributors": 0,
         "evidence": [],
         "windows": [],
@@ -152,12 +156,18 @@ def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
     bucket = _window(state, signal["timestamp"], limits)
     bucket[1] += 1
     user = signal["user_id"]
-    if user not in state["contributors"]:
-        state["distinct_contributors"] += 1
-        if len(state["contributors"]) < limits.max_contributors:
-            state["contributors"][user] = 0
+    sketch_add(state["contributors_sketch"], user)
     if user in state["contributors"]:
         state["contributors"][user] += 1
+    elif len(state["contributors"]) < limits.max_contributors:
+        state["contributors"][user] = 1
+    # exact while every contributor fits in the map, estimated beyond it
+    if len(state["contributors"]) < limits.max_contributors:
+        state["distinct_contributors"] = len(state["contributors"])
+    else:
+        state["distinct_contributors"] = max(
+            len(state["contributors"]), estimate(state["contributors_sketch"])
+        )
     if kind == "rating":
         value = payload.get("value")
         if value is None and payload.get("score") is not None and payload.get("scale"):
@@ -232,9 +242,9 @@ def decide_trigger(
     state: GroupState, now_ms: int, policy: ScopePolicy, limits: AggregateLimits
 ) -> str | None:
     """The reason this group should synthesise now, or None."""
-    if state["in_flight"] is not None:
-        if now_ms - state["in_flight_since"] < limits.in_flight_timeout_ms:
-            return None
+    in_flight = state["in_flight"] is not None
+    if in_flight and now_ms - state["in_flight_since"] < limits.in_flight_timeout_ms:
+        return None
     if not state["evidence"]:
         return None
     support, users = weighted_support(state["evidence"], policy)
@@ -313,8 +323,14 @@ def stats_view(state: GroupState) -> dict[str, Any]:
         "distinct_contributors": state["distinct_contributors"],
         "pending_evidence": len(state["evidence"]),
         "windows": [
-            {"hour_ms": b[0], "events": b[1], "up": b[2], "down": b[3], "tool_calls": b[4],
-             "tool_failures": b[5]}
+            {
+                "hour_ms": b[0],
+                "events": b[1],
+                "up": b[2],
+                "down": b[3],
+                "tool_calls": b[4],
+                "tool_failures": b[5],
+            }
             for b in state["windows"]
         ],
         "last_event_ms": state["last_event_ms"],

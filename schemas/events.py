@@ -20,7 +20,13 @@ EVENT_TYPES: Final[tuple[EventType, ...]] = (
 #: Feedback refers to an interaction through ``interaction_id``.
 FEEDBACK_TYPES: Final[frozenset[str]] = frozenset({"rating", "explanation", "edit", "engagement"})
 TOOL_STATUSES: Final[tuple[str, ...]] = ("ok", "error", "timeout")
-ENGAGEMENT_KINDS: Final[tuple[str, ...]] = ("dwell_ms", "return_visit", "conversion", "copy", "abandon")
+ENGAGEMENT_KINDS: Final[tuple[str, ...]] = (
+    "dwell_ms",
+    "return_visit",
+    "conversion",
+    "copy",
+    "abandon",
+)
 
 
 class ToolCall(TypedDict):

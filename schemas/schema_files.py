@@ -16,6 +16,34 @@ def _load_event_schema() -> Any:
 
 
 EVENT_SCHEMA: Final[Any] = _load_event_schema()
+
+
+def _named_types(schema: Any, found: dict[str, Any]) -> dict[str, Any]:
+    """Every named type (record, enum) defined anywhere in ``schema``, by full name."""
+    if isinstance(schema, list):
+        for branch in schema:
+            _named_types(branch, found)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum") and "name" in schema:
+            found[schema["name"]] = schema
+        for field in schema.get("fields", ()):
+            _named_types(field["type"], found)
+        for key in ("items", "values"):
+            if key in schema:
+                _named_types(schema[key], found)
+    return found
+
+
+NAMED_TYPES: Final[dict[str, Any]] = _named_types(EVENT_SCHEMA, {})
+
+
+def payload_schema(event_type: str) -> Any:
+    """The record schema of one event type's payload (``rating`` -> learnloop.Rating)."""
+    field = next(f for f in EVENT_SCHEMA["fields"] if f["name"] == event_type)
+    branch = field["type"][1]
+    return NAMED_TYPES[branch] if isinstance(branch, str) else branch
+
+
 EVENT_CANONICAL: Final[str] = to_parsing_canonical_form(EVENT_SCHEMA)
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, cast
 
 from schemas.events import EVENT_TYPES, FEEDBACK_TYPES, EventRecord
-from schemas.schema_files import EVENT_SCHEMA
+from schemas.schema_files import EVENT_SCHEMA, NAMED_TYPES, payload_schema
 
 FieldError = tuple[str, str]
 _ENVELOPE_FIELDS: Final[frozenset[str]] = frozenset(
@@ -38,6 +38,8 @@ def _type_name(value: object) -> str:
 
 def _check(schema: Any, value: Any, path: str, limits: Limits, out: list[FieldError]) -> None:
     """Walk ``value`` along the parsed Avro ``schema`` and collect type errors."""
+    if isinstance(schema, str) and schema in NAMED_TYPES:
+        schema = NAMED_TYPES[schema]
     if isinstance(schema, list):  # union
         if value is None:
             if "null" not in schema:
@@ -182,8 +184,7 @@ def from_json_event(
     record["timestamp"] = stamp
     if kind == "interaction" and not record.get("interaction_id"):
         record["interaction_id"] = record.get("event_id")
-    payload_schema = next(f for f in EVENT_SCHEMA["fields"] if f["name"] == kind)["type"][1]
-    known = {f["name"] for f in payload_schema["fields"]}
+    known = {f["name"] for f in payload_schema(str(kind))["fields"]}
     unknown = sorted(set(payload) - known)
     if unknown:
         return None, [(unknown[0], f"is not a field of {kind} events")]
@@ -202,8 +203,7 @@ def _with_defaults(record: dict[str, Any]) -> EventRecord:
     for name in ("team_id", "org_id", "interaction_id"):
         record.setdefault(name, None)
     payload = record[record["type"]]
-    schema = next(f for f in EVENT_SCHEMA["fields"] if f["name"] == record["type"])["type"][1]
-    for field in schema["fields"]:
+    for field in payload_schema(record["type"])["fields"]:
         if field["name"] not in payload and "default" in field:
             payload[field["name"]] = field["default"]
     for call in payload.get("tool_calls", ()) if record["type"] == "interaction" else ():

@@ -39,10 +39,18 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
             signal: Signal = orjson.loads(message.value)
             group = signal["group"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            out.append(dead_letter(
-                app, "bad_signal", type(exc).__name__, value=message.value, key=message.key,
-                topic=message.topic, partition=message.partition, offset=message.offset,
-            ))
+            out.append(
+                dead_letter(
+                    app,
+                    "bad_signal",
+                    type(exc).__name__,
+                    value=message.value,
+                    key=message.key,
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                )
+            )
             continue
         metrics.EVENTS_IN.labels(STAGE, signal["type"]).inc()
         by_group[group].append((message.offset, signal))
@@ -58,8 +66,13 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
         states[group] = state
         for trigger in triggers:
             metrics.TRIGGERS.labels(trigger["scope"], trigger["reason"].split(":")[0]).inc()
-            log.info("trigger", group=group, reason=trigger["reason"],
-                     trigger_id=trigger["trigger_id"], evidence=len(trigger["evidence"]))
+            log.info(
+                "trigger",
+                group=group,
+                reason=trigger["reason"],
+                trigger_id=trigger["trigger_id"],
+                evidence=len(trigger["evidence"]),
+            )
             out.append(Outgoing(app.triggers_topic, group.encode(), orjson.dumps(trigger)))
     await deliver(STAGE, out, app.settings.external_timeout_s)
     for group, state in states.items():
@@ -79,15 +92,26 @@ def register(app: WorkerApp) -> None:
         ):
             try:
                 await aggregate_batch(app, list(events))
-            except Exception:  # noqa: BLE001 - isolate the signal that fails, keep the rest
+            except Exception:
                 log.exception("aggregate batch failed, retrying one by one", events=len(events))
                 for event in events:
                     try:
                         await aggregate_batch(app, [event])
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         message = event.message
-                        await deliver(STAGE, [dead_letter(
-                            app, "processing_error", type(exc).__name__, value=message.value,
-                            key=message.key, topic=message.topic, partition=message.partition,
-                            offset=message.offset,
-                        )], settings.external_timeout_s)
+                        await deliver(
+                            STAGE,
+                            [
+                                dead_letter(
+                                    app,
+                                    "processing_error",
+                                    type(exc).__name__,
+                                    value=message.value,
+                                    key=message.key,
+                                    topic=message.topic,
+                                    partition=message.partition,
+                                    offset=message.offset,
+                                )
+                            ],
+                            settings.external_timeout_s,
+                        )

@@ -114,7 +114,7 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.ready = asyncio.Event()
     app.pending_slots = set()
 
-    from streams import aggregate_agent, join_agent, web  # noqa: PLC0415 - wiring needs app
+    from streams import aggregate_agent, join_agent, web
 
     join_agent.register(app)
     aggregate_agent.register(app)

@@ -9,8 +9,16 @@ from streams.outputs import Outgoing, now_ms
 
 
 def dead_letter(
-    app: object, reason: str, detail: str, *, value: bytes | None, key: bytes | None,
-    topic: str, partition: int, offset: int, errors: list[tuple[str, str]] | None = None,
+    app: object,
+    reason: str,
+    detail: str,
+    *,
+    value: bytes | None,
+    key: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    errors: list[tuple[str, str]] | None = None,
 ) -> Outgoing:
     """A record for the dead-letter topic; ``detail`` names the field where known."""
     metrics.DEAD_LETTERS.labels(reason).inc()

@@ -39,9 +39,14 @@ def _signal_out(app: WorkerApp, signal: Signal) -> Outgoing:
 def _dead_out(app: WorkerApp, dead: DeadLetter, source: tuple[str, int, int]) -> Outgoing:
     log.warning("dead letter", event_id=dead["event_id"], reason=dead["reason"], stage=STAGE)
     return dead_letter(
-        app, dead["reason"], dead["detail"],
-        value=orjson.dumps(dead), key=(dead["event_id"] or "").encode(),
-        topic=source[0], partition=source[1], offset=source[2],
+        app,
+        dead["reason"],
+        dead["detail"],
+        value=orjson.dumps(dead),
+        key=(dead["event_id"] or "").encode(),
+        topic=source[0],
+        partition=source[1],
+        offset=source[2],
     )
 
 
@@ -58,10 +63,19 @@ async def join_batch(app: WorkerApp, events: list[Any]) -> None:
         try:
             record = app.codec.decode(message.value)
         except DecodeError as exc:
-            out.append(dead_letter(
-                app, exc.reason, exc.detail, value=message.value, key=message.key,
-                topic=source[0], partition=source[1], offset=source[2], errors=exc.errors,
-            ))
+            out.append(
+                dead_letter(
+                    app,
+                    exc.reason,
+                    exc.detail,
+                    value=message.value,
+                    key=message.key,
+                    topic=source[0],
+                    partition=source[1],
+                    offset=source[2],
+                    errors=exc.errors,
+                )
+            )
             continue
         metrics.EVENTS_IN.labels(STAGE, record["type"]).inc()
         slot_key = record["interaction_id"] or record["event_id"]
@@ -103,8 +117,11 @@ async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
     """
     now = now_ms()
     table = app.join_slots
-    assigned = {tp.partition for tp in app.assignor.assigned_actives()
-                if tp.topic == app.settings.topics.events}
+    assigned = {
+        tp.partition
+        for tp in app.assignor.assigned_actives()
+        if tp.topic == app.settings.topics.events
+    }
     out: list[Outgoing] = []
     writes: list[tuple[str, int, JoinSlot | None]] = []
     keys = list(table.data.keys()) if full_sweep else list(app.pending_slots)
@@ -144,18 +161,29 @@ def register(app: WorkerApp) -> None:
         ):
             try:
                 await join_batch(app, list(events))
-            except Exception:  # noqa: BLE001 - isolate the event that fails, keep the rest
+            except Exception:
                 log.exception("join batch failed, retrying one by one", events=len(events))
                 for event in events:
                     try:
                         await join_batch(app, [event])
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         message = event.message
-                        await deliver(STAGE, [dead_letter(
-                            app, "processing_error", type(exc).__name__, value=message.value,
-                            key=message.key, topic=message.topic, partition=message.partition,
-                            offset=message.offset,
-                        )], settings.external_timeout_s)
+                        await deliver(
+                            STAGE,
+                            [
+                                dead_letter(
+                                    app,
+                                    "processing_error",
+                                    type(exc).__name__,
+                                    value=message.value,
+                                    key=message.key,
+                                    topic=message.topic,
+                                    partition=message.partition,
+                                    offset=message.offset,
+                                )
+                            ],
+                            settings.external_timeout_s,
+                        )
 
     ticks = 0
 
@@ -165,5 +193,5 @@ def register(app: WorkerApp) -> None:
         ticks += 1
         try:
             await expire_slots(app, full_sweep=ticks % SWEEP_EVERY == 1)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("expiry sweep failed", stage=STAGE)

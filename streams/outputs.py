@@ -49,13 +49,17 @@ async def deliver(
                 ]
                 await asyncio.gather(*futures)
             return
-        except Exception as exc:  # noqa: BLE001 - nothing may escape the agent loop
+        except Exception as exc:
             attempt += 1
             metrics.SEND_RETRIES.labels(stage).inc()
             delay = min(max_backoff_s, 0.1 * 2**attempt)
             log.warning(
-                "send failed, retrying", stage=stage, records=len(records), attempt=attempt,
-                error=type(exc).__name__, retry_in_s=delay,
+                "send failed, retrying",
+                stage=stage,
+                records=len(records),
+                attempt=attempt,
+                error=type(exc).__name__,
+                retry_in_s=delay,
             )
             await asyncio.sleep(delay)
 

@@ -111,8 +111,11 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in JSON_TYPES:
             metrics.INGEST_REJECTED.labels("content_type").inc()
-            raise Problem(415, "unsupported_media_type",
-                          f"send application/json, not {content_type or 'nothing'}")
+            raise Problem(
+                415,
+                "unsupported_media_type",
+                f"send application/json, not {content_type or 'nothing'}",
+            )
         body = await read_limited(request, settings.max_event_bytes * 8)
         if not body.strip():
             raise Problem(400, "empty_body", "the body is empty; send an event or an array")
@@ -131,11 +134,13 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
             if record is None:
                 metrics.INGEST_REJECTED.labels("invalid_event").inc()
                 event_id = item.get("event_id") if isinstance(item, dict) else None
-                rejected.append({
-                    "index": index,
-                    "event_id": event_id if isinstance(event_id, str) else None,
-                    "errors": [{"field": f, "reason": r} for f, r in errors],
-                })
+                rejected.append(
+                    {
+                        "index": index,
+                        "event_id": event_id if isinstance(event_id, str) else None,
+                        "errors": [{"field": f, "reason": r} for f, r in errors],
+                    }
+                )
                 continue
             prepared.append(services.producer.encode_record(record))
         try:

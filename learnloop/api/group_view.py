@@ -82,7 +82,7 @@ class GroupView:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=5000)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep following; log and back off
+            except Exception as exc:
                 log.warning("group view fetch failed", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue

@@ -3,9 +3,10 @@
 Why this adapter exists: ``learnloop up`` must work with no server to run. Each
 collection is one ``EdgeShard`` in its own directory under the store root.
 
-Edge calls are synchronous and hold the GIL, so they run directly on the event
-loop (a filtered search is tens of microseconds); only large upserts and scrolls
-are cut into chunks with a yield in between, so one big batch does not stall the
+Edge calls are synchronous, so they run directly on the event loop (a search
+filtered to one group takes 0.1-0.5 ms); a worker thread would not help, as
+``optimize()`` at least holds the GIL throughout. Large upserts and scrolls are
+cut into chunks with a yield in between, so one big batch does not stall the
 HTTP API. One lock serialises shard calls because the store may be shared by
 threads and opening/closing a shard must not race a query.
 

@@ -69,7 +69,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 def seeded(seed: int) -> random.Random:
     """Reproducible test data, not secrets."""
-    return random.Random(seed)  # noqa: S311
+    return random.Random(seed)
 
 
 def group_points(groups: Sequence[str], per_group: int, seed: int = 7) -> list[Point]:

@@ -1,0 +1,161 @@
+"""``learnloop up`` as a user runs it: ready, emit events, see them, stop with no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from learnloop.embedded.broker import free_port
+from tests.conftest import wait_until
+from tests.factories import feedback, interaction
+
+pytestmark = pytest.mark.e2e
+LEARNLOOP = [sys.executable, "-m", "learnloop"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Up:
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.data = tmp_path / "data"
+        self.env = {
+            **os.environ,
+            "LEARNLOOP_DATA_DIR": str(self.data),
+            "LEARNLOOP_LOG_FORMAT": "json",
+            "LEARNLOOP_KAFKA_BOOTSTRAP": "",
+        }
+        self.log = (tmp_path / "up.log").open("wb")
+        self.process = subprocess.Popen(
+            [*LEARNLOOP, "up", "--port", str(self.port)],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 90) -> float:
+        started = time.monotonic()
+
+        def ready() -> bool:
+            assert self.process.poll() is None, "learnloop up exited"
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout_s, 0.2)
+        return time.monotonic() - started
+
+    def runtime(self) -> dict:
+        return orjson.loads((self.data / "up.json").read_bytes())
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    stack = Up(tmp_path)
+    yield stack
+    if stack.process.poll() is None:
+        stack.process.send_signal(signal.SIGTERM)
+        stack.process.wait(60)
+    stack.log.close()
+
+
+def test_up_ready_emit_and_sigterm_leaves_no_orphans(up: Up, tmp_path: Path) -> None:
+    up.wait_ready()
+    runtime = up.runtime()
+    pids = runtime["pids"]
+    assert _alive(pids["broker"]) and _alive(pids["worker"])
+
+    events = tmp_path / "events.jsonl"
+    rows = [
+        interaction("i1"),
+        feedback("r1", "rating", "i1"),
+        feedback("x1", "explanation", "i1"),
+        {"event_id": "bad", "type": "rating"},
+    ]
+    events.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+    result = subprocess.run(
+        [*LEARNLOOP, "emit", str(events)], env=up.env, capture_output=True, timeout=60, check=False
+    )
+    assert result.returncode == 1  # one line was invalid, and said so
+    assert orjson.loads(result.stdout.splitlines()[-1]) == {"sent": 3, "rejected": 1}
+    assert b"line 4" in result.stderr and b"timestamp" in result.stderr
+
+    def consumed() -> bool:
+        text = httpx.get(runtime["worker_metrics"], timeout=5).text
+        return 'learnloop_events_in_total{stage="join",type="explanation"} 1.0' in text
+
+    wait_until(consumed, 60)
+    stats = wait_until(
+        lambda: (
+            (r := httpx.get(f"{up.url}/v1/groups/team:search/stats")).status_code == 200
+            and r.json()
+        ),
+        30,
+    )
+    assert stats["counts"] == {"interaction": 1, "rating": 1, "explanation": 1}
+    assert "learnloop_api_requests_total" in httpx.get(f"{up.url}/metrics").text
+    assert httpx.get(f"{up.url}/").status_code == 200
+
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(60) == 0
+    wait_until(lambda: not _alive(pids["broker"]) and not _alive(pids["worker"]), 10)
+    assert not (up.data / "up.json").exists()
+
+
+def test_sigkill_of_up_takes_broker_and_worker_down(up: Up) -> None:
+    up.wait_ready()
+    pids = up.runtime()["pids"]
+    up.process.send_signal(signal.SIGKILL)
+    up.process.wait(10)
+    wait_until(lambda: not _alive(pids["broker"]) and not _alive(pids["worker"]), 15)
+
+
+def test_help_for_every_command() -> None:
+    for command in ("up", "worker", "api", "emit"):
+        result = subprocess.run(
+            [*LEARNLOOP, command, "--help"], capture_output=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert b"Usage" in result.stdout
+
+
+def test_bad_setting_names_key_and_value(tmp_path: Path) -> None:
+    env = {**os.environ, "LEARNLOOP_PARTITIONS": "zero", "LEARNLOOP_KAFKA_BOOTSTRAP": "x:1"}
+    result = subprocess.run(
+        [*LEARNLOOP, "worker"], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert b"partitions" in result.stderr and b"zero" in result.stderr
+    config = tmp_path / "bad.yaml"
+    config.write_text("policy:\n  team:\n    min_users: -1\n")
+    result = subprocess.run(
+        [*LEARNLOOP, "worker", "--config", str(config)],
+        env=env | {"LEARNLOOP_PARTITIONS": "4"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"policy.team.min_users" in result.stderr and b"-1" in result.stderr

@@ -1,0 +1,141 @@
+"""Aggregation: exact counts, replay dedupe, bounded state, trigger policies."""
+
+from __future__ import annotations
+
+import itertools
+
+from processors.aggregate import AggregateLimits, apply_signals, stats_view, weighted_support
+from processors.join import process_event
+from processors.policy import LearningPolicy
+from schemas import from_json_event
+from tests.factories import feedback, interaction
+
+POLICY = LearningPolicy()
+_NEXT_OFFSET = itertools.count()
+
+
+def signals_for(events, group: str, partition: int = 0):
+    """Signals as the join stage emits them; input offsets only grow, as on a partition."""
+    slot = None
+    out = []
+    for event in events:
+        record, errors = from_json_event(event)
+        assert not errors
+        offset = next(_NEXT_OFFSET)
+        slot, signals, _ = process_event(slot, record, (partition, offset), 0, _config())
+        out.extend(s for s in signals if s["group"] == group)
+    return out
+
+
+def _config():
+    from processors.join import JoinConfig
+
+    return JoinConfig()
+
+
+def test_counts_and_replays_are_exact() -> None:
+    events = [
+        interaction("i1"),
+        feedback("r1", "rating", "i1"),
+        feedback("r2", "rating", "i1", value=1),
+    ]
+    sigs = signals_for(events, "team:search")
+    state, _ = apply_signals(None, list(enumerate(sigs)), 0, POLICY.team)
+    # the same signals again at the same offsets (the aggregator's own replay)
+    state, _ = apply_signals(state, list(enumerate(sigs)), 0, POLICY.team)
+    # the same signals again at new offsets (the join stage replayed)
+    state, _ = apply_signals(state, [(10 + i, s) for i, s in enumerate(sigs)], 0, POLICY.team)
+    stats = stats_view(state)
+    assert stats["counts"] == {"interaction": 1, "rating": 2}
+    assert (stats["thumbs_up"], stats["thumbs_down"]) == (1, 1)
+
+
+def _explanations(users: list[str], start: int = 0):
+    events = [interaction("i1")]
+    events += [feedback(f"x{start + n}", "explanation", "i1", user=u) for n, u in enumerate(users)]
+    return signals_for(events, "team:search")
+
+
+def test_team_rule_needs_three_distinct_users() -> None:
+    state, triggers = apply_signals(
+        None, list(enumerate(_explanations(["a", "b"]))), 0, POLICY.team
+    )
+    assert triggers == []
+    more = [s for s in _explanations(["c"], start=10) if s["type"] == "explanation"]
+    state, triggers = apply_signals(state, [(100, more[0])], 0, POLICY.team)
+    assert more[0]["type"] == "explanation"
+    assert [t["reason"] for t in triggers] == ["evidence"]
+    assert {e["user_id"] for e in triggers[0]["evidence"] if e["type"] == "explanation"} == {
+        "a",
+        "b",
+        "c",
+    }
+
+
+def test_one_loud_user_cannot_trigger_a_team_rule() -> None:
+    loud = _explanations(["loud"] * 50)
+    state, triggers = apply_signals(None, list(enumerate(loud)), 0, POLICY.team)
+    assert triggers == []
+    assert weighted_support(state["evidence"], POLICY.team) == (2.0, 1)
+
+
+def test_user_group_learns_from_one_explanation() -> None:
+    events = [interaction("i1"), feedback("x1", "explanation", "i1")]
+    sigs = signals_for(events, "user:alice")
+    _, triggers = apply_signals(None, list(enumerate(sigs)), 0, POLICY.user)
+    assert len(triggers) == 1 and not triggers[0]["requires_approval"]
+
+
+def test_no_retrigger_while_in_flight_then_after_timeout() -> None:
+    limits = AggregateLimits(in_flight_timeout_ms=1_000)
+    sigs = signals_for([interaction("i1"), feedback("x1", "explanation", "i1")], "user:alice")
+    state, first = apply_signals(None, [(0, sigs[0]), (1, sigs[1])], 0, POLICY.user, limits)
+    more = signals_for([interaction("i1"), feedback("x2", "explanation", "i1")], "user:alice")
+    state, second = apply_signals(state, [(2, more[1])], 500, POLICY.user, limits)
+    assert len(first) == 1 and second == []
+    state, third = apply_signals(state, [], 1_500, POLICY.user, limits)
+    assert len(third) == 1
+
+
+def test_tool_failure_rate_triggers() -> None:
+    calls = [{"name": "deploy", "arguments": '{"x": 1}', "status": "error"}] * 2
+    events = []
+    for n, user in enumerate(["a", "b", "c"]):
+        events.append(interaction(f"i{n}", user=user, tool_calls=calls))
+    sigs = []
+    for event in events:
+        sigs += signals_for([event], "team:search")
+    _, triggers = apply_signals(None, list(enumerate(sigs)), 0, POLICY.team)
+    assert [t["reason"] for t in triggers] == ["tool_failure_rate:deploy"]
+
+
+def test_state_stays_bounded() -> None:
+    limits = AggregateLimits(max_recent_ids=16, max_evidence=8, max_tools=4, max_contributors=10)
+    state = None
+    for n in range(300):
+        events = [
+            interaction(
+                f"i{n}",
+                user=f"u{n}",
+                tool_calls=[{"name": f"tool{n}", "arguments": "", "status": "ok"}],
+            ),
+            feedback(f"x{n}", "explanation", f"i{n}", user=f"u{n}"),
+        ]
+        sigs = signals_for(events, "team:search", partition=n % 3)
+        state, _ = apply_signals(
+            state, [(2 * n, sigs[0]), (2 * n + 1, sigs[1])], 0, POLICY.team, limits
+        )
+    assert state is not None
+    assert len(state["evidence"]) <= 8 and len(state["tools"]) <= 4
+    assert len(state["contributors"]) <= 10 and len(state["recent_ids"]) <= 16
+    assert len(state["applied"]) <= 3
+    # past the exact map's cap the count is a HyperLogLog estimate (~6.5% error)
+    assert 255 <= state["distinct_contributors"] <= 345
+
+
+def test_distinct_contributors_exact_below_the_cap() -> None:
+    state = None
+    for n in range(40):
+        sigs = signals_for([interaction(f"i{n}", user=f"u{n % 7}")], "team:search")
+        state, _ = apply_signals(state, [(n, sigs[0])], 0, POLICY.team)
+    assert state is not None and state["distinct_contributors"] == 7
