@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         ),
     )
     commit_interval_s: float = Field(default=1.0, gt=0)
+    session_timeout_s: float = Field(
+        default=10.0, gt=0, description="consumer session timeout; bounds fail-over time"
+    )
+    rebalance_timeout_s: float = Field(
+        default=10.0, gt=0, description="how long a rebalance waits for members to rejoin"
+    )
     batch_max_events: int = Field(default=2000, ge=1)
     batch_max_wait_s: float = Field(default=0.2, gt=0)
     external_timeout_s: float = Field(default=10.0, gt=0)

@@ -84,11 +84,11 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
         producer_linger_ms=2,
         consumer_auto_offset_reset="earliest",
         datadir=str(settings.data_dir / "worker"),
-        # Tansu answers JoinGroup only after the rebalance timeout when a member is
-        # missing; short timeouts make start-up and fail-over fast (see README).
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-        broker_rebalance_timeout=10.0,
+        # Faust's 60 s defaults make a join wait up to a minute for members that left
+        # (measured: see README, "Start-up time"); short ones make start and fail-over fast.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
     )
     app.settings = settings
     app.codec = EventCodec(

@@ -13,12 +13,29 @@ from tests.integration.streams_helpers import actual_counts, emit, expected_coun
 pytestmark = pytest.mark.integration
 
 
-def _converged(env, expected):
-    def check():
-        actual = actual_counts(read_group_states(env))
-        return actual if actual == expected else None
+def wait_converged(env, expected, timeout_s: float) -> None:
+    """Wait until the group-state changelog holds exactly ``expected``; else show the diff."""
+    last_diff: dict = {}
 
-    return check
+    def check() -> bool:
+        actual = actual_counts(read_group_states(env))
+        last_diff.clear()
+        last_diff.update(
+            {
+                group: {
+                    "expected": dict(expected.get(group, {})),
+                    "actual": dict(actual.get(group, {})),
+                }
+                for group in set(expected) | set(actual)
+                if expected.get(group) != actual.get(group)
+            }
+        )
+        return not last_diff
+
+    try:
+        wait_until(check, timeout_s)
+    except AssertionError:
+        raise AssertionError(f"per-group counts differ: {last_diff}") from None
 
 
 def test_counts_are_exact_and_duplicates_ignored(stack_env, workers) -> None:
@@ -27,7 +44,7 @@ def test_counts_are_exact_and_duplicates_ignored(stack_env, workers) -> None:
     events = make_stream(300)
     emit(stack_env["LEARNLOOP_KAFKA_BOOTSTRAP"], stack_env["LEARNLOOP_TOPICS__EVENTS"], events)
     expected = expected_counts(events)
-    wait_until(_converged(stack_env, expected), 60)
+    wait_converged(stack_env, expected, 60)
     assert worker.metric("learnloop_duplicates_total") >= 1
 
 
@@ -45,7 +62,7 @@ def test_sigkill_mid_stream_then_restart_keeps_counts_exact(stack_env, workers) 
     second = workers("second")
     second.wait_ready()
     emit(bootstrap, topic, events[len(events) // 2 :])
-    wait_until(_converged(stack_env, expected_counts(events)), 120)
+    wait_converged(stack_env, expected_counts(events), 120)
 
 
 def test_two_workers_split_groups_and_failover_loses_nothing(stack_env, workers) -> None:
@@ -67,4 +84,4 @@ def test_two_workers_split_groups_and_failover_loses_nothing(stack_env, workers)
     b.kill()
     time.sleep(1)
     emit(bootstrap, topic, events[1000:])
-    wait_until(_converged(stack_env, expected_counts(events)), 120)
+    wait_converged(stack_env, expected_counts(events), 120)
