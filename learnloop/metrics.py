@@ -60,3 +60,44 @@ API_LATENCY = Histogram(
 INGEST_REJECTED = Counter(
     "learnloop_ingest_rejected_total", "Events rejected at the HTTP API, by reason", ["reason"]
 )
+SYNTHESIS_REQUESTS = Counter(
+    "learnloop_synthesis_requests_total",
+    "Synthesis requests handled, by synthesizer and outcome",
+    ["synthesizer", "outcome"],
+)
+SYNTHESIS_SECONDS = Histogram(
+    "learnloop_synthesis_seconds",
+    "Time to synthesise and consolidate one trigger, by synthesizer",
+    ["synthesizer"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60),
+)
+SYNTHESIS_TOKENS = Counter(
+    "learnloop_synthesis_tokens_total",
+    "LLM tokens used, by synthesizer and direction",
+    ["synthesizer", "direction"],
+)
+SYNTHESIS_COST = Counter(
+    "learnloop_synthesis_cost_usd_total",
+    "Estimated LLM cost in USD, by synthesizer",
+    ["synthesizer"],
+)
+MEMORY_VERSIONS = Counter(
+    "learnloop_memory_versions_total",
+    "Memory versions published, by scope and reason",
+    ["scope", "reason"],
+)
+MEMORY_ITEMS = Gauge(
+    "learnloop_memory_items",
+    "Items in the current memory of served groups, by scope and status",
+    ["scope", "status"],
+)
+CONTEXT_ITEMS = Histogram(
+    "learnloop_context_items",
+    "Items returned per context request",
+    buckets=(0, 1, 2, 5, 10, 20, 50),
+)
+CONTEXT_TOKENS = Histogram(
+    "learnloop_context_tokens",
+    "Estimated tokens per context returned",
+    buckets=(0, 50, 100, 200, 400, 800, 1600, 3200),
+)

@@ -11,11 +11,13 @@ import uvicorn
 
 from learnloop.api.app import Services, create_api
 from learnloop.api.group_view import GroupView, changelog_topic
+from learnloop.api.memory_log import MemoryLog
 from learnloop.embedded.broker import _die_with_parent
 from learnloop.producer import EventProducer
 from learnloop.settings import Settings
 from learnloop.store.factory import open_store
 from learnloop.topics import ensure_topics
+from processors.embedding import HashingEmbedder
 
 
 def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
@@ -31,7 +33,14 @@ def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
         groups=GroupView(
             bootstrap, changelog_topic(settings.app_id, "group-state"), settings.partitions
         ),
-        store=store,
+        memory=MemoryLog(
+            bootstrap,
+            settings.topics.versions,
+            settings.topics.results,
+            settings.partitions,
+            store,
+            HashingEmbedder(),
+        ),
     )
     app = create_api(settings, services)
     config = uvicorn.Config(

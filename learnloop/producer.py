@@ -111,6 +111,17 @@ class EventProducer:
         prepared = [self.prepare(event) for event in events]  # raises before sending
         return await self.send_prepared(prepared)
 
+    async def send_raw(self, topic: str, key: bytes, value: bytes) -> Delivery:
+        """Send one already-encoded record to another topic (memory commands)."""
+        if self._producer is None or not self._started:
+            raise BrokerError("the producer is not started")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                meta = await (await self._producer.send(topic, value=value, key=key))
+        except TimeoutError:
+            raise BrokerError(f"broker did not confirm within {self.timeout_s} s") from None
+        return Delivery(key.decode("utf-8", "replace"), meta.partition, meta.offset)
+
     async def send_prepared(self, prepared: list[tuple[bytes, bytes, str]]) -> list[Delivery]:
         """Send encoded events and wait for every confirmation."""
         if self._producer is None or not self._started:

@@ -37,6 +37,29 @@ class TopicNames(BaseModel):
     signals: str = "learnloop.signals"
     triggers: str = "learnloop.synthesis-requests"
     dead_letters: str = "learnloop.dead-letters"
+    commands: str = "learnloop.memory-commands"
+    versions: str = "learnloop.memory-versions"
+    results: str = "learnloop.memory-results"
+
+
+Scope = Literal["ingest", "read", "admin"]
+
+
+class ApiKeySpec(BaseModel):
+    """One API key: its secret, what it may do, and the tenant (org id, or ``*``) it is bound to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: SecretStr
+    scopes: frozenset[Scope] = frozenset({"ingest", "read"})
+    tenant: str = Field(default="*", min_length=1)
+
+    @field_validator("key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("API keys must be at least 16 characters")
+        return value
 
 
 class Settings(BaseSettings):
@@ -65,7 +88,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
     worker_web_port: int = Field(default=6066, ge=1, le=65535)
-    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    api_keys: dict[str, ApiKeySpec] = Field(
+        default_factory=dict, description="name -> key spec; none means no auth (loopback only)"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -100,6 +125,12 @@ class Settings(BaseSettings):
     policy: LearningPolicy = LearningPolicy()
     derived_groups: tuple[DerivedGroupRule, ...] = ()
     max_event_bytes: int = Field(default=1_048_576, ge=1024)
+    max_items_per_group: int = Field(default=50, ge=1)
+    token_budget_per_group: int = Field(default=800, ge=16)
+    cluster_threshold: float = Field(default=0.55, gt=0, lt=1)
+    merge_threshold: float = Field(default=0.8, gt=0, lt=1)
+    decay_half_life_s: float = Field(default=30 * 86400, gt=0)
+    redact_patterns: tuple[str, ...] = ()
     max_text_chars: int = Field(default=65_536, ge=16)
 
     @field_validator("kafka_bootstrap", "qdrant_url")
@@ -121,6 +152,14 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def loopback(self) -> bool:
+        return self.api_host in ("127.0.0.1", "localhost", "::1")
 
     @property
     def embedded_broker(self) -> bool:

@@ -20,14 +20,23 @@ async def ensure_topics(bootstrap: str, settings: Settings, timeout_s: float = 3
         names.signals: settings.partitions,
         names.triggers: settings.partitions,
         names.dead_letters: 1,
+        names.commands: settings.partitions,
+        names.versions: settings.partitions,
+        names.results: 1,
     }
+    compacted = {names.versions}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     try:
         async with asyncio.timeout(timeout_s):
             await admin.start()
             existing = set(await admin.list_topics())
             missing = [
-                NewTopic(name, partitions, settings.replication_factor)
+                NewTopic(
+                    name,
+                    partitions,
+                    settings.replication_factor,
+                    topic_configs={"cleanup.policy": "compact"} if name in compacted else None,
+                )
                 for name, partitions in wanted.items()
                 if name not in existing
             ]

@@ -23,6 +23,7 @@ from processors.sketch import estimate, new_sketch
 
 HOUR_MS = 3_600_000
 EVIDENCE_TYPES = frozenset({"explanation", "edit"})
+RATED_TYPES = frozenset({"rating", "engagement"})
 
 
 class Trigger(TypedDict):
@@ -41,6 +42,8 @@ class Trigger(TypedDict):
 class GroupState(TypedDict):
     group: str
     scope: str
+    org: str | None  # the tenant that owns a non-global group (first org seen)
+    tenant_conflicts: int
     last_offset: int
     applied: dict[str, list[int]]
     recent_ids: list[str]
@@ -56,6 +59,7 @@ class GroupState(TypedDict):
     contributors_sketch: list[int]
     distinct_contributors: int
     evidence: list[dict[str, Any]]
+    rated: list[dict[str, Any]]
     windows: list[list[int]]
     last_event_ms: int
     last_synthesis_ms: int | None
@@ -73,6 +77,7 @@ class AggregateLimits:
     max_tools: int = 64
     max_contributors: int = 2048
     max_evidence: int = 64
+    max_rated: int = 32
     window_hours: int = 24
     in_flight_timeout_ms: int = 600_000
 
@@ -81,6 +86,8 @@ def new_state(group: str) -> GroupState:
     return {
         "group": group,
         "scope": scope_of(group),
+        "org": group.split(":", 1)[1] if group.startswith("org:") else None,
+        "tenant_conflicts": 0,
         "last_offset": -1,
         "applied": {},
         "recent_ids": [],
@@ -96,6 +103,7 @@ def new_state(group: str) -> GroupState:
         "contributors_sketch": new_sketch(),
         "distinct_contributors": 0,
         "evidence": [],
+        "rated": [],
         "windows": [],
         "last_event_ms": 0,
         "last_synthesis_ms": None,
@@ -148,8 +156,51 @@ def _count_tool(state: GroupState, name: str, failed: bool, limits: AggregateLim
     entry[1] += int(failed)
 
 
+SYNTHESIS_DONE = "_synthesis_done"
+FORGET_USER = "_forget_user"
+
+
+def _foreign(state: GroupState, signal: Signal) -> bool:
+    """True when a signal from another tenant reaches a group some tenant owns.
+
+    Every group but ``global`` belongs to the first org whose events reach it, so
+    one org's feedback can never shape memory that another org's agents read.
+    Signals without an org join any group; a group claimed by no org yet is
+    claimed by the first signal that has one.
+    """
+    org = signal.get("org_id")
+    if state["scope"] == "global" or signal["type"].startswith("_") or not org:
+        return False
+    if state["org"] is None:
+        state["org"] = org
+        return False
+    return state["org"] != org
+
+
+def _control(state: GroupState, signal: Signal) -> None:
+    """Control signals from the memory stage: a synthesis finished, a user was forgotten."""
+    payload = signal["payload"]
+    if signal["type"] == SYNTHESIS_DONE:
+        if state["in_flight"] == payload.get("trigger_id"):
+            state["in_flight"] = None
+        state["last_synthesis_ms"] = signal["timestamp"]
+        state["memory_version"] = max(state["memory_version"], int(payload.get("version", 0)))
+        used = set(payload.get("evidence_ids", ()))
+        state["evidence"] = [e for e in state["evidence"] if e["event_id"] not in used]
+        state["rated"] = [e for e in state["rated"] if e["event_id"] not in used]
+    elif signal["type"] == FORGET_USER:
+        user = payload.get("user_id")
+        state["evidence"] = [e for e in state["evidence"] if e["user_id"] != user]
+        state["rated"] = [e for e in state["rated"] if e["user_id"] != user]
+        if state["contributors"].pop(str(user), None) is not None:
+            state["distinct_contributors"] = max(0, state["distinct_contributors"] - 1)
+
+
 def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
     kind = signal["type"]
+    if kind.startswith("_"):
+        _control(state, signal)
+        return
     payload = signal["payload"]
     state["counts"][kind] = state["counts"].get(kind, 0) + 1
     state["last_event_ms"] = max(state["last_event_ms"], signal["timestamp"])
@@ -196,6 +247,11 @@ def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
     if kind in EVIDENCE_TYPES or signal["flags"]:
         state["evidence"].append(_evidence(signal))
         del state["evidence"][: max(0, len(state["evidence"]) - limits.max_evidence)]
+    elif kind in RATED_TYPES and signal["joined"]:
+        # rated examples need the response they rate; kept apart so they never crowd
+        # out explanations and edits
+        state["rated"].append(_evidence(signal))
+        del state["rated"][: max(0, len(state["rated"]) - limits.max_rated)]
 
 
 def _evidence(signal: Signal) -> dict[str, Any]:
@@ -245,11 +301,14 @@ def decide_trigger(
     in_flight = state["in_flight"] is not None
     if in_flight and now_ms - state["in_flight_since"] < limits.in_flight_timeout_ms:
         return None
-    if not state["evidence"]:
+    if not state["evidence"] and not state["rated"]:
         return None
     support, users = weighted_support(state["evidence"], policy)
     if support >= policy.min_evidence and users >= policy.min_users:
         return "evidence"
+    raters = {e["user_id"] for e in state["rated"]}
+    if len(state["rated"]) >= max(policy.min_evidence, 5) and len(raters) >= policy.min_users:
+        return "ratings"
     if _downvote_jump(state, now_ms, policy):
         return "downvote_rate_jump"
     failing = _failing_tool(state, policy)
@@ -278,6 +337,9 @@ def apply_signals(
         if _is_replay(current, signal, offset, limits):
             continue
         current["last_offset"] = offset
+        if _foreign(current, signal):
+            current["tenant_conflicts"] += 1
+            continue
         _fold(current, signal, limits)
     if current is None:
         raise ValueError("apply_signals needs a state or at least one signal")
@@ -295,7 +357,7 @@ def apply_signals(
                 "reason": reason,
                 "created_ms": now_ms,
                 "requires_approval": policy.requires_approval,
-                "evidence": list(current["evidence"]),
+                "evidence": list(current["evidence"]) + list(current["rated"]),
                 "stats": stats_view(current),
             }
         )
@@ -308,6 +370,8 @@ def stats_view(state: GroupState) -> dict[str, Any]:
     return {
         "group": state["group"],
         "scope": state["scope"],
+        "org": state["org"],
+        "tenant_conflicts": state["tenant_conflicts"],
         "counts": dict(state["counts"]),
         "events": sum(state["counts"].values()),
         "thumbs_up": state["up"],
@@ -322,6 +386,7 @@ def stats_view(state: GroupState) -> dict[str, Any]:
         "negative_trajectories": state["negatives"],
         "distinct_contributors": state["distinct_contributors"],
         "pending_evidence": len(state["evidence"]),
+        "pending_rated": len(state["rated"]),
         "windows": [
             {
                 "hour_ms": b[0],

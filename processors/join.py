@@ -80,6 +80,7 @@ def _signals(
             "type": kind,
             "timestamp": event["timestamp"],
             "user_id": event["user_id"],
+            "org_id": event["org_id"],
             "interaction_id": event["interaction_id"],
             "joined": kind == "interaction" or interaction is not None,
             "query": query,

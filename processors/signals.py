@@ -21,6 +21,7 @@ class Signal(TypedDict):
     type: str
     timestamp: int
     user_id: str
+    org_id: str | None
     interaction_id: str | None
     joined: bool
     query: str | None

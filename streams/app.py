@@ -3,7 +3,9 @@
 Data flow (topic -> agent -> topic)::
 
     events (key: interaction id) --join--> signals (key: group) --aggregate--> triggers
-          \\--------------------------------- dead letters <-------------------/
+    triggers + memory-commands (key: group) --memory--> memory-versions, memory-results
+    memory --(synthesis done, forget user)--> signals
+    anything undecodable or failing --> dead letters
 
 The agents are thin: decode, call a processor, send outputs, write the table.
 """
@@ -11,15 +13,21 @@ The agents are thin: decode, call a processor, send outputs, write the table.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import faust
 import structlog
 from mode.utils.times import Seconds
+from processors.consolidate import Change, ConsolidationConfig, consolidate
+from processors.synthesis.offline import OfflineSynthesizer
 
 from learnloop.settings import Settings
 from processors.aggregate import AggregateLimits
+from processors.embedding import HashingEmbedder
 from processors.join import JoinConfig
+from processors.memory import MemoryItem
+from processors.synthesis import Synthesizer
 from schemas import EventCodec, Limits
 from streams.tables import ExplicitPartitionTable
 
@@ -37,8 +45,17 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     signals_topic: faust.TopicT
     triggers_topic: faust.TopicT
     dead_letter_topic: faust.TopicT
+    commands_topic: faust.TopicT
+    versions_topic: faust.TopicT
+    results_topic: faust.TopicT
+    memory_inputs: faust.TopicT
     join_slots: ExplicitPartitionTable
     group_state: ExplicitPartitionTable
+    memory: ExplicitPartitionTable
+    synthesizer: Synthesizer
+    consolidate: Callable[
+        [list[MemoryItem], list[MemoryItem], int], tuple[list[MemoryItem], list[Change]]
+    ]
     #: set once partitions are assigned and table recovery has finished
     ready: asyncio.Event
     #: join-slot keys known to hold feedback waiting for its interaction
@@ -109,8 +126,35 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.signals_topic = app.topic(names.signals, partitions=settings.partitions, **raw)
     app.triggers_topic = app.topic(names.triggers, partitions=settings.partitions, **raw)
     app.dead_letter_topic = app.topic(names.dead_letters, partitions=1, **raw)
+    app.commands_topic = app.topic(names.commands, partitions=settings.partitions, **raw)
+    app.versions_topic = app.topic(
+        names.versions, partitions=settings.partitions, compacting=True, **raw
+    )
+    app.results_topic = app.topic(names.results, partitions=1, **raw)
+    app.memory_inputs = app.topic(names.triggers, names.commands, **raw)
     app.join_slots = _table(app, "join-slots", settings.partitions)
     app.group_state = _table(app, "group-state", settings.partitions)
+    app.memory = _table(app, "memory", settings.partitions)
+    embedder = HashingEmbedder()
+    app.synthesizer = OfflineSynthesizer(
+        embedder,
+        settings.policy.for_scope,
+        cluster_threshold=settings.cluster_threshold,
+        redact_patterns=settings.redact_patterns,
+    )
+    config = ConsolidationConfig(
+        max_items=settings.max_items_per_group,
+        token_budget=settings.token_budget_per_group,
+        merge_threshold=settings.merge_threshold,
+        decay_half_life_ms=int(settings.decay_half_life_s * 1000),
+    )
+
+    def consolidate_items(
+        current: list[MemoryItem], candidates: list[MemoryItem], now: int
+    ) -> tuple[list[MemoryItem], list[Change]]:
+        return consolidate(current, candidates, now, config, embedder)
+
+    app.consolidate = consolidate_items
     app.ready = asyncio.Event()
     app.pending_slots = set()
 

@@ -166,7 +166,7 @@ def register(app: WorkerApp) -> None:
                 for event in events:
                     try:
                         await join_batch(app, [event])
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - nothing may escape this loop
                         message = event.message
                         await deliver(
                             STAGE,

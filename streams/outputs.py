@@ -49,7 +49,7 @@ async def deliver(
                 ]
                 await asyncio.gather(*futures)
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - nothing may escape this loop
             attempt += 1
             metrics.SEND_RETRIES.labels(stage).inc()
             delay = min(max_backoff_s, 0.1 * 2**attempt)

@@ -7,27 +7,31 @@ The app holds no global state: its producer, group view and store come in a
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import structlog
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from learnloop import metrics
 from learnloop.api import problems
+from learnloop.api.auth import Caller, authenticate
 from learnloop.api.body import read_limited
 from learnloop.api.group_view import GroupView
+from learnloop.api.memory_log import MemoryLog
+from learnloop.api.memory_routes import build_router
 from learnloop.api.problems import Problem
-from learnloop.errors import BrokerError
+from learnloop.errors import BrokerError, ConfigError
 from learnloop.producer import EventProducer
 from learnloop.settings import Settings
-from learnloop.store.port import VectorStore
+from processors.groups import scope_of
 from schemas import from_json_event
 
 log = structlog.get_logger(__name__)
@@ -40,20 +44,32 @@ class Services:
 
     producer: EventProducer
     groups: GroupView
-    store: VectorStore
+    memory: MemoryLog
 
     async def start(self) -> None:
         await self.producer.start()
         await self.groups.start()
+        await self.memory.start()
 
     async def stop(self) -> None:
+        await self.memory.stop()
         await self.groups.stop()
         await self.producer.stop()
-        await self.store.close()
+        await self.memory.store.close()
 
 
 def create_api(settings: Settings, services: Services) -> FastAPI:
     """The HTTP API; see the brief for the public contract of each route."""
+    if not settings.auth_enabled:
+        if not settings.loopback:
+            raise ConfigError(
+                f"refusing to serve {settings.api_host} without authentication: "
+                "configure api_keys (LEARNLOOP_API_KEYS) or bind 127.0.0.1"
+            )
+        log.warning(
+            "AUTHENTICATION IS OFF: the API is open to anyone on this machine; "
+            "configure api_keys before exposing it"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,7 +112,8 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         checks = {
             "broker": services.producer.connected,
             "group_view": services.groups.running,
-            "store": await services.store.ping(),
+            "memory_log": services.memory.running and services.memory.caught_up.is_set(),
+            "store": await services.memory.store.ping(),
         }
         ready = all(checks.values())
         return ORJSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
@@ -105,9 +122,15 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    def caller(request: Request) -> Caller:
+        return authenticate(settings, request)
+
+    CallerDep = Annotated[Caller, Depends(caller)]
+
     @app.post("/v1/events", status_code=202, tags=["ingest"])
-    async def post_events(request: Request) -> ORJSONResponse:
+    async def post_events(request: Request, who: CallerDep) -> ORJSONResponse:
         """Accept one event or a JSON array; publish the valid ones, name each rejected field."""
+        who.require("ingest")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in JSON_TYPES:
             metrics.INGEST_REJECTED.labels("content_type").inc()
@@ -142,6 +165,20 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
                     }
                 )
                 continue
+            if who.tenant != "*" and record["org_id"] != who.tenant:
+                rejected.append(
+                    {
+                        "index": index,
+                        "event_id": record["event_id"],
+                        "errors": [
+                            {
+                                "field": "org_id",
+                                "reason": f"this key may only send events of org {who.tenant}",
+                            }
+                        ],
+                    }
+                )
+                continue
             prepared.append(services.producer.encode_record(record))
         try:
             deliveries = await services.producer.send_prepared(prepared) if prepared else []
@@ -158,25 +195,33 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
 
     @app.get("/v1/groups", tags=["memory"])
     async def list_groups(
+        who: CallerDep,
         q: str = Query(default="", max_length=200, description="substring filter"),
         limit: int = Query(default=100, ge=1, le=1000),
         offset: int = Query(default=0, ge=0),
     ) -> dict[str, Any]:
-        """Groups with state, sorted by id, paginated."""
-        names = [g for g in services.groups.groups() if q in g]
-        page = names[offset : offset + limit]
+        """Groups visible to the caller, sorted by id, paginated, with memory summaries."""
+        who.require("read")
+        names = sorted(set(services.groups.groups()) | set(services.memory.groups()))
+        visible = [g for g in names if q in g and who.may_see(g, _owner(services, g))]
+        page = visible[offset : offset + limit]
         return {
-            "total": len(names),
-            "groups": [_summary(services.groups.stats(g)) for g in page],
+            "total": len(visible),
+            "offset": offset,
+            "groups": [_summary(g, services) for g in page],
         }
 
     @app.get("/v1/groups/{group}/stats", tags=["memory"])
-    async def group_stats(group: str) -> dict[str, Any]:
+    async def group_stats(group: str, who: CallerDep) -> dict[str, Any]:
         """The group's aggregates: counts by signal kind, contributors, last synthesis."""
+        who.require("read")
         stats = services.groups.stats(group)
         if stats is None:
             raise Problem(404, "unknown_group", f"no state for group {group!r}")
+        who.check_group(group, stats.get("org"))
         return stats
+
+    app.include_router(build_router(settings, services))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -186,13 +231,24 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
     return app
 
 
-def _summary(stats: dict[str, Any] | None) -> dict[str, Any]:
-    assert stats is not None
+def _owner(services: Services, group: str) -> str | None:
+    stats = services.groups.stats(group)
+    return stats.get("org") if stats else None
+
+
+def _summary(group: str, services: Services) -> dict[str, Any]:
+    stats = services.groups.stats(group) or {}
+    snapshot = services.memory.snapshot(group)
+    items = snapshot["items"] if snapshot else []
+    statuses = Counter(item["status"] for item in items)
     return {
-        "group": stats["group"],
-        "scope": stats["scope"],
-        "events": stats["events"],
-        "distinct_contributors": stats["distinct_contributors"],
-        "memory_version": stats["memory_version"],
-        "last_event_ms": stats["last_event_ms"],
+        "group": group,
+        "scope": scope_of(group),
+        "version": snapshot["version"] if snapshot else 0,
+        "items": dict(statuses),
+        "pending_approvals": statuses.get("proposed", 0),
+        "last_change_ms": snapshot["created_ms"] if snapshot else None,
+        "events": stats.get("events", 0),
+        "distinct_contributors": stats.get("distinct_contributors", 0),
+        "last_event_ms": stats.get("last_event_ms"),
     }

@@ -82,7 +82,7 @@ class GroupView:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=5000)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - nothing may escape this loop
                 log.warning("group view fetch failed", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
@@ -105,6 +105,15 @@ class GroupView:
 
     def groups(self) -> list[str]:
         return sorted(self._groups)
+
+    def groups_with_contributor(self, user_id: str) -> list[str]:
+        """Groups whose state still counts this user (for forgetting them)."""
+        return sorted(
+            group
+            for group, state in self._groups.items()
+            if user_id in state.get("contributors", {})
+            or any(e.get("user_id") == user_id for e in state.get("evidence", ()))
+        )
 
     def stats(self, group: str) -> dict[str, Any] | None:
         state = self._groups.get(group)

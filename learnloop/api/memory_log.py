@@ -1,0 +1,238 @@
+"""The API's view of memory: follows the versions log and keeps the vector index in step.
+
+The versions topic is the source of truth; this follower reads it from the
+beginning on start, keeps every group's versions in memory for the read
+endpoints, and upserts each group's current items into the vector store in one
+batch per poll (deleting items that left the current version). Starting it on an
+empty store *is* the rebuild: the index is derived data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from learnloop import metrics
+from learnloop.store.port import Point, VectorStore
+from processors.embedding import Embedder
+from processors.groups import scope_of
+from processors.memory import MemoryItem, Snapshot
+
+log = structlog.get_logger(__name__)
+COLLECTION = "memory"
+INDEXED_STATUSES = ("active", "proposed")
+KEYWORD_FIELDS = ("group", "kind", "status")
+
+
+def item_text(item: MemoryItem) -> str:
+    """What an item is retrieved by: its text and, for examples, the query it answers."""
+    return " ".join(part for part in (item.get("query"), item["text"]) if part)
+
+
+class MemoryLog:
+    """Follows the versions and results topics; answers reads; indexes current items."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        versions_topic: str,
+        results_topic: str,
+        partitions: int,
+        store: VectorStore,
+        embedder: Embedder,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._versions_topic = versions_topic
+        self._results_topic = results_topic
+        self._partitions = partitions
+        self.store = store
+        self.embedder = embedder
+        self._versions: dict[str, dict[int, Snapshot]] = {}
+        self._current: dict[str, int] = {}
+        self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._consumers: list[AIOKafkaConsumer] = []
+        self.caught_up = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.store.ensure_collection(COLLECTION, self.embedder.dim, KEYWORD_FIELDS)
+        versions = await self._consumer([self._versions_topic], self._partitions, beginning=True)
+        results = await self._consumer([self._results_topic], 1, beginning=False)
+        self._tasks = [
+            asyncio.create_task(self._follow(versions, self._apply_versions), name="versions"),
+            asyncio.create_task(self._follow(results, self._apply_results), name="results"),
+        ]
+
+    async def _consumer(
+        self, topics: list[str], partitions: int, *, beginning: bool
+    ) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            auto_offset_reset="earliest" if beginning else "latest",
+        )
+        await consumer.start()
+        parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        consumer.assign(parts)
+        if beginning:
+            await consumer.seek_to_beginning(*parts)
+        else:
+            await consumer.seek_to_end(*parts)
+        self._consumers.append(consumer)
+        return consumer
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for consumer in self._consumers:
+            await consumer.stop()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    async def _follow(self, consumer: AIOKafkaConsumer, apply: Any) -> None:
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep following; log and back off
+                log.warning("memory log fetch failed", error=type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            records = [r for rs in batch.values() for r in rs]
+            if not records:
+                self.caught_up.set()
+                continue
+            try:
+                await apply(records)
+            except Exception:
+                log.exception("applying memory log records failed", records=len(records))
+
+    async def _apply_versions(self, records: list[Any]) -> None:
+        changed: dict[str, Snapshot | None] = {}
+        for record in records:
+            if record.value is None:
+                continue
+            try:
+                snapshot: Snapshot = orjson.loads(record.value)
+            except orjson.JSONDecodeError:
+                log.warning("unreadable memory version", key=record.key)
+                continue
+            group = snapshot["group"]
+            previous = self._current.get(group)
+            self._versions.setdefault(group, {})[snapshot["version"]] = snapshot
+            if previous is None or snapshot["version"] > previous:
+                self._current[group] = snapshot["version"]
+                old = self._versions[group].get(previous) if previous is not None else None
+                changed.setdefault(group, old)
+        await self._index(changed)
+
+    async def _index(self, changed: dict[str, Snapshot | None]) -> None:
+        """One batched upsert and delete for every group whose current version moved."""
+        points: list[Point] = []
+        stale: list[str] = []
+        for group, old in changed.items():
+            current = self.snapshot(group)
+            assert current is not None
+            keep = {i["item_id"] for i in current["items"] if i["status"] in INDEXED_STATUSES}
+            if old is not None:
+                stale.extend(i["item_id"] for i in old["items"] if i["item_id"] not in keep)
+            items = [i for i in current["items"] if i["status"] in INDEXED_STATUSES]
+            vectors = self.embedder.embed([item_text(i) for i in items]) if items else []
+            points.extend(
+                Point(
+                    item["item_id"],
+                    vector,
+                    {
+                        "group": group,
+                        "kind": item["kind"],
+                        "status": item["status"],
+                        "version": current["version"],
+                        "item_id": item["item_id"],
+                    },
+                )
+                for item, vector in zip(items, vectors, strict=True)
+            )
+            for status in ("active", "proposed"):
+                metrics.MEMORY_ITEMS.labels(scope_of(group), status).set(0)
+        if stale:
+            await self.store.delete(COLLECTION, ids=stale)
+        if points:
+            await self.store.upsert(COLLECTION, points)
+        self._update_item_gauges()
+
+    def _update_item_gauges(self) -> None:
+        totals: dict[tuple[str, str], int] = {}
+        for group in self._current:
+            snapshot = self.snapshot(group)
+            for item in snapshot["items"] if snapshot else ():
+                key = (scope_of(group), item["status"])
+                totals[key] = totals.get(key, 0) + 1
+        for (scope, status), count in totals.items():
+            metrics.MEMORY_ITEMS.labels(scope, status).set(count)
+
+    async def _apply_results(self, records: list[Any]) -> None:
+        for record in records:
+            try:
+                result = orjson.loads(record.value)
+            except (orjson.JSONDecodeError, TypeError):
+                continue
+            key = result.get("command_id") or result.get("trigger_id")
+            if not key:
+                continue
+            self._results[key] = result
+            while len(self._results) > 10_000:
+                self._results.popitem(last=False)
+            waiter = self._waiters.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(result)
+
+    async def wait_result(self, command_id: str, timeout_s: float) -> dict[str, Any] | None:
+        """The outcome of a command once its owner applied it, or None on timeout."""
+        if command_id in self._results:
+            return self._results[command_id]
+        waiter = self._waiters.setdefault(command_id, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            if waiter.done():
+                self._waiters.pop(command_id, None)
+
+    async def wait_version(self, group: str, version: int, timeout_s: float) -> bool:
+        """Wait until this API has read (and indexed) ``version`` of ``group``."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._current.get(group, -1) < version:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    # --- reads
+    def groups(self) -> list[str]:
+        return sorted(self._current)
+
+    def current_version(self, group: str) -> int | None:
+        return self._current.get(group)
+
+    def snapshot(self, group: str, version: int | None = None) -> Snapshot | None:
+        versions = self._versions.get(group)
+        if not versions:
+            return None
+        return versions.get(self._current[group] if version is None else version)
+
+    def versions(self, group: str) -> list[Snapshot]:
+        return [self._versions[group][v] for v in sorted(self._versions.get(group, {}))]

@@ -1,0 +1,345 @@
+"""Memory endpoints: read versions and diffs, change items, and assemble context.
+
+Reads come from the API's follower of the versions log. Changes are commands
+sent through Kafka to the worker that owns the group (its single writer); the
+endpoint waits briefly for the outcome so a person sees the new version at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from learnloop import metrics
+from learnloop.api.auth import Caller, authenticate
+from learnloop.api.problems import Problem
+from learnloop.errors import BrokerError
+from learnloop.settings import Settings
+from processors.context import EXAMPLE_KINDS, assemble, order_groups
+from processors.embedding import cosine
+from processors.groups import resolve_groups
+from processors.memory import MemoryItem, Snapshot
+from processors.memory_ops import diff
+
+if TYPE_CHECKING:
+    from learnloop.api.app import Services
+
+COMMAND_WAIT_S = 10.0
+
+
+class ContextRequest(BaseModel):
+    """Who is asking and what about; ``pin`` fixes a group's memory version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=256)
+    team_id: str | None = Field(default=None, max_length=256)
+    org_id: str | None = Field(default=None, max_length=256)
+    groups: list[str] = Field(default_factory=list, max_length=32)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+    query: str = Field(default="", max_length=20_000)
+    max_tokens: int = Field(default=800, ge=16, le=32_000)
+    max_examples: int = Field(default=4, ge=0, le=20)
+    pin: dict[str, int] = Field(default_factory=dict)
+
+
+class ItemPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(default=None, min_length=1, max_length=2000)
+    status: Literal["active", "retired", "rejected", "proposed"] | None = None
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=0)
+
+
+def build_router(settings: Settings, services: Services) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    def caller(request: Request) -> Caller:
+        return authenticate(settings, request)
+
+    CallerDep = Annotated[Caller, Depends(caller)]
+    memory = services.memory
+
+    def owner(group: str) -> str | None:
+        stats = services.groups.stats(group)
+        return stats.get("org") if stats else None
+
+    def readable(who: Caller, group: str) -> None:
+        who.require("read")
+        who.check_group(group, owner(group))
+
+    def snapshot_or_404(group: str, version: int | None = None) -> Snapshot:
+        snapshot = memory.snapshot(group, version)
+        if snapshot is None:
+            if version is not None and memory.current_version(group) is not None:
+                raise Problem(404, "unknown_version", f"{group} has no version {version}")
+            if version == 0 or (version is None and services.groups.stats(group)):
+                return {
+                    "group": group,
+                    "version": 0,
+                    "parent": None,
+                    "reason": "empty",
+                    "created_ms": 0,
+                    "items": [],
+                }
+            raise Problem(404, "unknown_group", f"no group {group!r}")
+        return snapshot
+
+    @router.get("/groups/{group}/memory", tags=["memory"])
+    async def group_memory(
+        group: str, who: CallerDep, version: int | None = Query(default=None, ge=0)
+    ) -> Snapshot:
+        """The group's memory at a version (the current one by default)."""
+        readable(who, group)
+        return snapshot_or_404(group, version)
+
+    @router.get("/groups/{group}/versions", tags=["memory"])
+    async def group_versions(group: str, who: CallerDep) -> dict[str, Any]:
+        """Every version with its parent, reason, time and item counts: the audit trail."""
+        readable(who, group)
+        snapshots = memory.versions(group)
+        if not snapshots and not services.groups.stats(group):
+            raise Problem(404, "unknown_group", f"no group {group!r}")
+        return {
+            "group": group,
+            "current": memory.current_version(group) or 0,
+            "versions": [
+                {
+                    "version": s["version"],
+                    "parent": s["parent"],
+                    "reason": s["reason"],
+                    "created_ms": s["created_ms"],
+                    "actor": s.get("actor"),
+                    "items": dict(Counter(i["status"] for i in s["items"])),
+                }
+                for s in snapshots
+            ],
+        }
+
+    @router.get("/groups/{group}/diff", tags=["memory"])
+    async def group_diff(
+        group: str,
+        who: CallerDep,
+        from_: int = Query(alias="from", ge=0),
+        to: int = Query(ge=0),
+    ) -> dict[str, Any]:
+        """Items added, removed and changed (field by field) between two versions."""
+        readable(who, group)
+        return {
+            "group": group,
+            "from": from_,
+            "to": to,
+            **diff(snapshot_or_404(group, from_), snapshot_or_404(group, to)),
+        }
+
+    async def run_command(who: Caller, group: str, command: dict[str, Any]) -> dict[str, Any]:
+        who.require("admin")
+        who.check_group(group, owner(group), change=True)
+        command_id = str(uuid.uuid4())
+        command.update(command_id=command_id, group=group, actor=who.name, created_ms=_now_ms())
+        try:
+            await services.producer.send_raw(
+                settings.topics.commands, group.encode(), orjson.dumps(command)
+            )
+        except BrokerError as exc:
+            raise Problem(503, "broker_unavailable", str(exc)) from None
+        result = await memory.wait_result(command_id, COMMAND_WAIT_S)
+        if result is None:
+            return {"command_id": command_id, "outcome": "pending"}
+        if result["outcome"] == "rejected":
+            raise Problem(409, "command_rejected", result.get("reason", "rejected"))
+        await memory.wait_version(group, result["version"], COMMAND_WAIT_S)
+        return {"command_id": command_id, **result}
+
+    def require_item(group: str, item_id: str) -> None:
+        current = memory.snapshot(group)
+        if current is None or all(i["item_id"] != item_id for i in current["items"]):
+            raise Problem(404, "unknown_item", f"{group} has no item {item_id}")
+
+    @router.patch("/groups/{group}/items/{item_id}", tags=["changes"])
+    async def patch_item(
+        group: str, item_id: str, body: ItemPatch, who: CallerDep
+    ) -> dict[str, Any]:
+        """Edit an item's text or status; produces a new version."""
+        readable(who, group)
+        require_item(group, item_id)
+        changes = body.model_dump(exclude_none=True)
+        if not changes:
+            raise Problem(
+                422,
+                "invalid_request",
+                "nothing to change",
+                [{"field": "text", "reason": "give text or status"}],
+            )
+        return await run_command(
+            who, group, {"type": "edit", "item_id": item_id, "changes": changes}
+        )
+
+    @router.delete("/groups/{group}/items/{item_id}", tags=["changes"])
+    async def delete_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
+        readable(who, group)
+        require_item(group, item_id)
+        return await run_command(who, group, {"type": "delete", "item_id": item_id})
+
+    @router.post("/groups/{group}/items/{item_id}/approve", tags=["changes"])
+    async def approve_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
+        readable(who, group)
+        require_item(group, item_id)
+        return await run_command(who, group, {"type": "approve", "item_id": item_id})
+
+    @router.post("/groups/{group}/items/{item_id}/reject", tags=["changes"])
+    async def reject_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
+        readable(who, group)
+        require_item(group, item_id)
+        return await run_command(who, group, {"type": "reject", "item_id": item_id})
+
+    @router.post("/groups/{group}/rollback", tags=["changes"])
+    async def rollback(group: str, body: RollbackRequest, who: CallerDep) -> dict[str, Any]:
+        """A new version whose items are exactly those of an earlier version."""
+        readable(who, group)
+        target = snapshot_or_404(group, body.version)
+        return await run_command(
+            who,
+            group,
+            {"type": "rollback", "version": body.version, "rollback_items": target["items"]},
+        )
+
+    @router.post("/groups/{group}/reset", tags=["changes"])
+    async def reset(group: str, who: CallerDep) -> dict[str, Any]:
+        readable(who, group)
+        snapshot_or_404(group)
+        return await run_command(who, group, {"type": "reset"})
+
+    @router.delete("/users/{user_id}", tags=["changes"])
+    async def forget_user(user_id: str, who: CallerDep) -> dict[str, Any]:
+        """Forget a user everywhere: every group whose memory or state holds their evidence."""
+        who.require("admin")
+        groups = {f"user:{user_id}"} if memory.snapshot(f"user:{user_id}") else set()
+        for group in memory.groups():
+            snapshot = memory.snapshot(group)
+            if snapshot and any(user_id in i["provenance"]["user_ids"] for i in snapshot["items"]):
+                groups.add(group)
+        groups |= set(services.groups.groups_with_contributor(user_id))
+        results = []
+        for group in sorted(g for g in groups if who.may_see(g, owner(g)) or g == "global"):
+            retired_before = _retired(memory.snapshot(group))
+            try:
+                outcome = await run_command(who, group, {"type": "forget_user", "user_id": user_id})
+            except Problem as problem:
+                if problem.code != "command_rejected":
+                    raise
+                outcome = {"outcome": "nothing_to_forget"}
+            retired = sorted(_retired(memory.snapshot(group)) - retired_before)
+            results.append({"group": group, **outcome, "retired_items": retired})
+        return {"user_id": user_id, "groups": results}
+
+    @router.post("/context", tags=["context"])
+    async def context(body: ContextRequest, who: CallerDep) -> dict[str, Any]:
+        """The learned context for a caller and a query: a cacheable prefix, examples, ids."""
+        who.require("read")
+        if who.tenant != "*" and body.org_id not in (None, who.tenant):
+            raise Problem(403, "forbidden", f"this key is bound to org {who.tenant!r}")
+        org = body.org_id or (who.tenant if who.tenant != "*" else None)
+        wanted = resolve_groups(
+            body.user_id, body.team_id, org, body.metadata, settings.derived_groups
+        )
+        wanted += [g for g in body.groups if g not in wanted]
+        snapshots: dict[str, Snapshot] = {}
+        hidden: list[dict[str, str]] = []
+        for group in order_groups(wanted):
+            group_owner = owner(group)
+            if group != "global" and not who.may_see(group, group_owner):
+                hidden.append({"group": group, "reason": "not visible to this key"})
+                continue
+            if org and group_owner not in (None, org) and group != "global":
+                hidden.append({"group": group, "reason": "belongs to another org"})
+                continue
+            pinned = body.pin.get(group)
+            snapshot = memory.snapshot(group, pinned)
+            if snapshot is None:
+                if pinned is not None and memory.current_version(group) is not None:
+                    raise Problem(
+                        404,
+                        "unknown_version",
+                        f"{group} has no version {pinned}",
+                        [{"field": f"pin.{group}", "reason": "no such version"}],
+                    )
+                continue
+            snapshots[group] = snapshot
+        examples = await _examples(services, snapshots, body.query, body.pin)
+        result = assemble(
+            snapshots, examples, body.max_tokens, _conflicts(services), body.max_examples
+        )
+        metrics.CONTEXT_ITEMS.observe(len(result["items"]) + len(result["examples"]))
+        metrics.CONTEXT_TOKENS.observe(result["tokens"])
+        return {**result, "groups": list(snapshots), "hidden": hidden}
+
+    return router
+
+
+def _retired(snapshot: Snapshot | None) -> set[str]:
+    return (
+        {i["item_id"] for i in snapshot["items"] if i["status"] == "retired"} if snapshot else set()
+    )
+
+
+def _conflicts(services: Services) -> Any:
+    from processors.consolidate import contradicts
+
+    embedder = services.memory.embedder
+
+    def conflicts(narrow: MemoryItem, wide: MemoryItem) -> bool:
+        if narrow["group"] == wide["group"]:
+            return False
+        return bool(contradicts(narrow, wide, embedder))
+
+    return conflicts
+
+
+async def _examples(
+    services: Services, snapshots: dict[str, Snapshot], query: str, pins: dict[str, int]
+) -> list[tuple[float, MemoryItem]]:
+    """Examples similar to the query: from the index for current versions, by scan if pinned."""
+    if not query or not snapshots:
+        return []
+    embedder = services.memory.embedder
+    vector = embedder.embed([query])[0]
+    found: list[tuple[float, MemoryItem]] = []
+    current_groups = [g for g in snapshots if g not in pins]
+    if current_groups:
+        hits = await services.memory.store.search(
+            "memory",
+            vector,
+            limit=12,
+            where={"group": current_groups, "kind": list(EXAMPLE_KINDS), "status": "active"},
+        )
+        by_id = {i["item_id"]: i for g in current_groups for i in snapshots[g]["items"]}
+        found.extend((hit.score, by_id[hit.id]) for hit in hits if hit.id in by_id)
+    for group in (g for g in snapshots if g in pins):
+        items = [
+            i
+            for i in snapshots[group]["items"]
+            if i["kind"] in EXAMPLE_KINDS and i["status"] == "active"
+        ]
+        if items:
+            from learnloop.api.memory_log import item_text
+
+            vectors = embedder.embed([item_text(i) for i in items])
+            found.extend((cosine(vector, v), i) for i, v in zip(items, vectors, strict=True))
+    return found
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

@@ -1,0 +1,232 @@
+"""Agent: synthesis requests and memory commands -> new memory versions.
+
+The single writer of each group's memory. Both input topics are keyed by group
+(co-partitioned), so one worker owns a group's triggers and its commands. Per
+micro-batch and group: skip inputs already applied (ids remembered in the
+table), run the synthesizer and consolidation or apply the command, then
+deliver the new snapshot to the versions topic (keyed ``group#version``, in the
+group's partition), the outcome to the results topic and a control signal back
+to aggregation; only then write the table.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from learnloop import metrics
+from processors.aggregate import FORGET_USER, SYNTHESIS_DONE, Trigger
+from processors.memory import MemoryCommand, Snapshot
+from processors.memory_ops import apply_command, empty_snapshot, next_snapshot
+from processors.signals import Signal
+from streams.dead_letters import dead_letter
+from streams.outputs import Outgoing, deliver, now_ms
+
+if TYPE_CHECKING:
+    from streams.app import WorkerApp
+
+log = structlog.get_logger(__name__)
+STAGE = "memory"
+MAX_REMEMBERED_INPUTS = 64
+
+
+def version_key(group: str, version: int) -> bytes:
+    """Versions are keyed per version so compaction keeps the whole history."""
+    return f"{group}#{version:010d}".encode()
+
+
+def _control_signal(group: str, kind: str, key: str, payload: dict[str, Any], now: int) -> Signal:
+    return {
+        "signal_id": f"{kind}|{key}",
+        "group": group,
+        "origin": None,
+        "event_id": key,
+        "type": kind,
+        "timestamp": now,
+        "user_id": "",
+        "org_id": None,
+        "interaction_id": None,
+        "joined": False,
+        "query": None,
+        "response": None,
+        "payload": payload,
+        "flags": [],
+    }
+
+
+def _synthesize(app: WorkerApp, current: Snapshot, trigger: Trigger, now: int) -> Snapshot:
+    started = time.perf_counter()
+    result = app.synthesizer.synthesize(trigger, current["items"], now)
+    items, changes = app.consolidate(current["items"], result["items"], now)
+    metrics.SYNTHESIS_REQUESTS.labels(app.synthesizer.name, "ok").inc()
+    metrics.SYNTHESIS_SECONDS.labels(app.synthesizer.name).observe(time.perf_counter() - started)
+    log.info(
+        "synthesis",
+        group=current["group"],
+        trigger_id=trigger["trigger_id"],
+        candidates=len(result["items"]),
+        skipped=len(result["skipped"]),
+        changes=len(changes),
+    )
+    return next_snapshot(current, items, f"synthesis:{trigger['reason']}", now)
+
+
+async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
+    started = time.perf_counter()
+    names = app.settings.topics
+    out: list[Outgoing] = []
+    touched: dict[str, tuple[int, dict[str, Any]]] = {}
+    for event in events:
+        message = event.message
+        now = now_ms()
+        try:
+            value = orjson.loads(message.value)
+            group = value["group"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            out.append(
+                dead_letter(
+                    app,
+                    "bad_memory_input",
+                    type(exc).__name__,
+                    value=message.value,
+                    key=message.key,
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                )
+            )
+            continue
+        stored = touched[group][1] if group in touched else app.memory.get(group)
+        state: dict[str, Any] = stored or {"snapshot": empty_snapshot(group), "applied": []}
+        input_id = value.get("trigger_id") or value.get("command_id") or ""
+        if input_id in state["applied"]:
+            metrics.DUPLICATES.labels(STAGE).inc()
+            continue
+        current: Snapshot = state["snapshot"]
+        result: dict[str, Any]
+        if message.topic == names.triggers:
+            trigger: Trigger = value
+            snapshot = _synthesize(app, current, trigger, now)
+            evidence_ids = [e["event_id"] for e in trigger["evidence"]]
+            out.append(
+                _signal_out(
+                    app,
+                    _control_signal(
+                        group,
+                        SYNTHESIS_DONE,
+                        trigger["trigger_id"],
+                        {
+                            "trigger_id": trigger["trigger_id"],
+                            "version": snapshot["version"],
+                            "evidence_ids": evidence_ids,
+                        },
+                        now,
+                    ),
+                )
+            )
+            result = {
+                "trigger_id": input_id,
+                "group": group,
+                "outcome": "applied",
+                "version": snapshot["version"],
+            }
+        else:
+            command: MemoryCommand = value
+            new, rejection = apply_command(current, command, now, value.get("rollback_items"))
+            if rejection is not None:
+                snapshot = current
+                result = {
+                    "command_id": input_id,
+                    "group": group,
+                    "outcome": "rejected",
+                    "reason": rejection["reason"],
+                }
+                log.info(
+                    "command rejected", group=group, command_id=input_id, reason=rejection["reason"]
+                )
+            else:
+                snapshot = new
+                result = {
+                    "command_id": input_id,
+                    "group": group,
+                    "outcome": "applied",
+                    "version": snapshot["version"],
+                }
+                if command["type"] == "forget_user":
+                    out.append(
+                        _signal_out(
+                            app,
+                            _control_signal(
+                                group,
+                                FORGET_USER,
+                                input_id,
+                                {"user_id": command.get("user_id")},
+                                now,
+                            ),
+                        )
+                    )
+        if snapshot is not current:
+            out.append(
+                Outgoing(
+                    app.versions_topic,
+                    version_key(group, snapshot["version"]),
+                    orjson.dumps(snapshot),
+                    partition=message.partition,
+                )
+            )
+            metrics.MEMORY_VERSIONS.labels(_scope(group), snapshot["reason"].split(":")[0]).inc()
+        out.append(Outgoing(app.results_topic, input_id.encode(), orjson.dumps(result)))
+        applied = [*state["applied"], input_id][-MAX_REMEMBERED_INPUTS:]
+        touched[group] = (message.partition, {"snapshot": snapshot, "applied": applied})
+    await deliver(STAGE, out, app.settings.external_timeout_s)
+    for group, (partition, state) in touched.items():
+        app.memory.put(group, state, partition)
+    metrics.BATCH_SIZE.labels(STAGE).observe(len(events))
+    metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+
+
+def _scope(group: str) -> str:
+    from processors.groups import scope_of
+
+    return scope_of(group)
+
+
+def _signal_out(app: WorkerApp, signal: Signal) -> Outgoing:
+    return Outgoing(app.signals_topic, signal["group"].encode(), orjson.dumps(signal))
+
+
+def register(app: WorkerApp) -> None:
+    settings = app.settings
+
+    @app.agent(app.memory_inputs, name="memory")  # type: ignore[misc]
+    async def memory(stream: Any) -> None:
+        async for events in stream.take_events(100, within=settings.batch_max_wait_s):
+            try:
+                await memory_batch(app, list(events))
+            except Exception:
+                log.exception("memory batch failed, retrying one by one", events=len(events))
+                for event in events:
+                    try:
+                        await memory_batch(app, [event])
+                    except Exception as exc:  # noqa: BLE001
+                        message = event.message
+                        metrics.SYNTHESIS_REQUESTS.labels(app.synthesizer.name, "failed").inc()
+                        await deliver(
+                            STAGE,
+                            [
+                                dead_letter(
+                                    app,
+                                    "processing_error",
+                                    type(exc).__name__,
+                                    value=message.value,
+                                    key=message.key,
+                                    topic=message.topic,
+                                    partition=message.partition,
+                                    offset=message.offset,
+                                )
+                            ],
+                            settings.external_timeout_s,
+                        )
