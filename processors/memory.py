@@ -25,7 +25,9 @@ class Provenance(TypedDict):
     distinct_users: int
     synthesizer: str  # "offline" or "llm:<model>"
     prompt_version: str | None
-    derived_by: str  # explanation_cluster, edit_diff, rating, engagement, tool_failure_pattern, manual
+    derived_by: (
+        str  # explanation_cluster, edit_diff, rating, engagement, tool_failure_pattern, manual
+    )
     trigger_id: str | None
     trigger_reason: str | None
 
@@ -57,7 +59,8 @@ class Snapshot(TypedDict):
     group: str
     version: int
     parent: int | None
-    reason: str  # synthesis:<trigger>, edit, delete, approve, reject, rollback:<v>, reset, decay, forget_user
+    # synthesis:<trigger>, edit, delete, approve, reject, rollback:<v>, reset, forget_user
+    reason: str
     created_ms: int
     items: list[MemoryItem]
     actor: NotRequired[str | None]  # who asked for a manual change (API key name)
