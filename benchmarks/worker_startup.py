@@ -74,7 +74,7 @@ def run_once(bootstrap: str, session_timeout: float, workdir: Path) -> dict[str,
         for name, needle in PHASES.items():
             if name not in result and needle in str(entry.get("event", "")):
                 stamp = entry["timestamp"].replace("Z", "+00:00")
-                from datetime import datetime  # noqa: PLC0415
+                from datetime import datetime
 
                 result[name] = datetime.fromisoformat(stamp).timestamp() - started
     return result

@@ -205,6 +205,29 @@ def api(
     run_api(settings, _require_bootstrap(settings, "api"))
 
 
+@app.command("rebuild-index")
+def rebuild_index_command(config: ConfigOption = None) -> None:
+    """Rebuild the vector index from the memory versions log (stop the API first)."""
+    from learnloop.processes import rebuild_index
+
+    settings = _settings(config)
+    servers = _require_bootstrap(settings, "rebuild-index")
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        progress.add_task("reading the versions log and re-indexing…")
+        try:
+            result = asyncio.run(rebuild_index(settings, servers))
+        except (LearnloopError, TimeoutError) as exc:
+            console.print(f"[red]error:[/red] {exc or 'timed out reading the log'}")
+            raise typer.Exit(1) from None
+    print(orjson.dumps(result).decode())
+
+
 def _lines(source: Path) -> Iterator[tuple[int, bytes]]:
     handle = sys.stdin.buffer if str(source) == "-" else source.open("rb")
     with contextlib.closing(handle) if handle is not sys.stdin.buffer else contextlib.nullcontext():

@@ -55,6 +55,34 @@ def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+async def rebuild_index(
+    settings: Settings, bootstrap: str, timeout_s: float = 300.0
+) -> dict[str, int]:
+    """Rebuild the vector index from the versions log (the source of truth)."""
+    store = open_store(
+        settings.qdrant_url,
+        settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+        settings.data_dir,
+        settings.external_timeout_s,
+    )
+    memory = MemoryLog(
+        bootstrap,
+        settings.topics.versions,
+        settings.topics.results,
+        settings.partitions,
+        store,
+        HashingEmbedder(),
+    )
+    await memory.start()
+    try:
+        await asyncio.wait_for(memory.caught_up.wait(), timeout_s)
+        result = await memory.reconcile()
+        return {"groups": len(memory.groups()), **result}
+    finally:
+        await memory.stop()
+        await store.close()
+
+
 def run_api(settings: Settings, bootstrap: str) -> None:
     """Block serving the API; SIGTERM drains in-flight requests, then stops."""
     asyncio.run(ensure_topics(bootstrap, settings))

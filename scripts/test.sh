@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use (none yet beyond Python); installed when missing.
-DEBIAN_PACKAGES=()
+# Debian packages the tests use: kcat (a Kafka client we did not write, for interop
+# tests), chromium and chromium-driver (the web page tests); installed when missing.
+DEBIAN_PACKAGES=(kcat chromium chromium-driver)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -19,15 +19,15 @@ from typing import Any
 import faust
 import structlog
 from mode.utils.times import Seconds
-from processors.consolidate import Change, ConsolidationConfig, consolidate
-from processors.synthesis.offline import OfflineSynthesizer
 
 from learnloop.settings import Settings
 from processors.aggregate import AggregateLimits
+from processors.consolidate import Change, ConsolidationConfig, consolidate
 from processors.embedding import HashingEmbedder
 from processors.join import JoinConfig
 from processors.memory import MemoryItem
 from processors.synthesis import Synthesizer
+from processors.synthesis.offline import OfflineSynthesizer
 from schemas import EventCodec, Limits
 from streams.tables import ExplicitPartitionTable
 
@@ -158,9 +158,11 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.ready = asyncio.Event()
     app.pending_slots = set()
 
-    from streams import aggregate_agent, join_agent, web
+    from streams import aggregate_agent, join_agent, lag, memory_agent, web
 
+    lag.register(app)
     join_agent.register(app)
     aggregate_agent.register(app)
+    memory_agent.register(app)
     web.register(app)
     return app

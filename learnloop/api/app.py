@@ -12,17 +12,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 import structlog
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from learnloop import metrics
 from learnloop.api import problems
-from learnloop.api.auth import Caller, authenticate
+from learnloop.api.auth import CallerDep
 from learnloop.api.body import read_limited
 from learnloop.api.group_view import GroupView
 from learnloop.api.memory_log import MemoryLog
@@ -87,6 +87,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
     )
+    app.state.settings = settings
     problems.install(app)
 
     @app.middleware("http")
@@ -122,10 +123,6 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    def caller(request: Request) -> Caller:
-        return authenticate(settings, request)
-
-    CallerDep = Annotated[Caller, Depends(caller)]
 
     @app.post("/v1/events", status_code=202, tags=["ingest"])
     async def post_events(request: Request, who: CallerDep) -> ORJSONResponse:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from learnloop.api.problems import Problem
 from learnloop.settings import Scope, Settings
@@ -63,3 +64,11 @@ def authenticate(settings: Settings, request: Request) -> Caller:
         if hmac.compare_digest(spec.key.get_secret_value().encode(), token.encode()):
             return Caller(name, spec.scopes, spec.tenant)
     raise Problem(401, "unauthenticated", "unknown API key")
+
+
+def current_caller(request: Request) -> Caller:
+    """FastAPI dependency: the caller, with the app's settings (``app.state.settings``)."""
+    return authenticate(request.app.state.settings, request)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

@@ -66,8 +66,12 @@ class MemoryLog:
         versions = await self._consumer([self._versions_topic], self._partitions, beginning=True)
         results = await self._consumer([self._results_topic], 1, beginning=False)
         self._tasks = [
-            asyncio.create_task(self._follow(versions, self._apply_versions), name="versions"),
-            asyncio.create_task(self._follow(results, self._apply_results), name="results"),
+            asyncio.create_task(
+                self._follow(versions, self._apply_versions, self.caught_up), name="versions"
+            ),
+            asyncio.create_task(
+                self._follow(results, self._apply_results, asyncio.Event()), name="results"
+            ),
         ]
 
     async def _consumer(
@@ -101,7 +105,8 @@ class MemoryLog:
     def running(self) -> bool:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
-    async def _follow(self, consumer: AIOKafkaConsumer, apply: Any) -> None:
+    async def _follow(self, consumer: AIOKafkaConsumer, apply: Any, idle: asyncio.Event) -> None:
+        """Apply records as they come; ``idle`` is set at the first empty poll (caught up)."""
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
@@ -113,7 +118,7 @@ class MemoryLog:
                 continue
             records = [r for rs in batch.values() for r in rs]
             if not records:
-                self.caught_up.set()
+                idle.set()
                 continue
             try:
                 await apply(records)
@@ -220,6 +225,24 @@ class MemoryLog:
                 return False
             await asyncio.sleep(0.02)
         return True
+
+    async def reconcile(self, page: int = 10_000) -> dict[str, int]:
+        """Make the index hold exactly the current versions' items: the rebuild.
+
+        Reading the log re-upserts every current item; this removes points the
+        log no longer accounts for (a store that missed deletes, or a wiped log).
+        """
+        wanted = {
+            item["item_id"]
+            for group in self._current
+            for item in (self.snapshot(group) or {"items": []})["items"]
+            if item["status"] in INDEXED_STATUSES
+        }
+        existing = await self.store.scroll(COLLECTION, limit=page)
+        stale = [point.id for point in existing if point.id not in wanted]
+        if stale:
+            await self.store.delete(COLLECTION, ids=stale)
+        return {"indexed": len(wanted), "removed": len(stale)}
 
     # --- reads
     def groups(self) -> list[str]:

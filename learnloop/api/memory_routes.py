@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from learnloop import metrics
-from learnloop.api.auth import Caller, authenticate
+from learnloop.api.auth import Caller, CallerDep
 from learnloop.api.problems import Problem
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
@@ -25,6 +25,7 @@ from processors.embedding import cosine
 from processors.groups import resolve_groups
 from processors.memory import MemoryItem, Snapshot
 from processors.memory_ops import diff
+from processors.synthesis.text import contradiction
 
 if TYPE_CHECKING:
     from learnloop.api.app import Services
@@ -64,10 +65,6 @@ class RollbackRequest(BaseModel):
 def build_router(settings: Settings, services: Services) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
-    def caller(request: Request) -> Caller:
-        return authenticate(settings, request)
-
-    CallerDep = Annotated[Caller, Depends(caller)]
     memory = services.memory
 
     def owner(group: str) -> str | None:
@@ -98,10 +95,10 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
     @router.get("/groups/{group}/memory", tags=["memory"])
     async def group_memory(
         group: str, who: CallerDep, version: int | None = Query(default=None, ge=0)
-    ) -> Snapshot:
+    ) -> dict[str, Any]:
         """The group's memory at a version (the current one by default)."""
         readable(who, group)
-        return snapshot_or_404(group, version)
+        return dict(snapshot_or_404(group, version))
 
     @router.get("/groups/{group}/versions", tags=["memory"])
     async def group_versions(group: str, who: CallerDep) -> dict[str, Any]:
@@ -278,7 +275,7 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
             snapshots[group] = snapshot
         examples = await _examples(services, snapshots, body.query, body.pin)
         result = assemble(
-            snapshots, examples, body.max_tokens, _conflicts(services), body.max_examples
+            snapshots, examples, body.max_tokens, _conflicts, body.max_examples
         )
         metrics.CONTEXT_ITEMS.observe(len(result["items"]) + len(result["examples"]))
         metrics.CONTEXT_TOKENS.observe(result["tokens"])
@@ -293,17 +290,11 @@ def _retired(snapshot: Snapshot | None) -> set[str]:
     )
 
 
-def _conflicts(services: Services) -> Any:
-    from processors.consolidate import contradicts
-
-    embedder = services.memory.embedder
-
-    def conflicts(narrow: MemoryItem, wide: MemoryItem) -> bool:
-        if narrow["group"] == wide["group"]:
-            return False
-        return bool(contradicts(narrow, wide, embedder))
-
-    return conflicts
+def _conflicts(narrow: MemoryItem, wide: MemoryItem) -> bool:
+    """A narrower group's rule overrides a wider one that it contradicts."""
+    if narrow["group"] == wide["group"]:
+        return False
+    return contradiction(narrow["text"], wide["text"]) is not None
 
 
 async def _examples(

@@ -1,0 +1,307 @@
+"""Consolidation: merge new candidates into a group's memory without letting it grow.
+
+The context an agent receives must not grow with history, and stale or overruled
+knowledge must stop steering it. So, for one group:
+
+- a candidate with the id of a live item, or a near-duplicate of one (same kind,
+  cosine >= ``merge_threshold``), is merged into it: the older id and text stay (a
+  stable prompt), provenance is unioned (bounded) and support adds up;
+- a rule that contradicts a live one ("use X" / "don't use X", "answer in German" /
+  "answer in English", "A over B" / "B over A") supersedes it, and both say so;
+- strength decays exponentially with time since the last support; below
+  ``retire_below`` an item is retired (kept for history, capped, never in prompts);
+- live (active + proposed) items are capped in number and in tokens; the weakest
+  are evicted first.
+
+Pure: the clock is ``now_ms`` and every change is reported as a :class:`Change`.
+Calling it with no candidates is a decay pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Final, Literal, TypedDict
+
+from processors.embedding import Embedder, cosine, normalise
+from processors.memory import MemoryItem
+from processors.synthesis.base import KIND_ORDER, MAX_EVENT_IDS, MAX_USER_IDS
+from processors.synthesis.text import contradiction
+
+DAY_MS: Final = 86_400_000
+LIVE: Final = frozenset({"active", "proposed"})
+EXAMPLE_KINDS: Final = frozenset({"preferred_example", "avoided_example"})
+RULE_KINDS: Final = frozenset({"rule", "tool_rule"})
+
+ChangeAction = Literal["added", "merged", "superseded", "retired", "evicted", "decayed"]
+
+
+class Change(TypedDict):
+    item_id: str
+    action: ChangeAction
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolidationConfig:
+    """Per-group bounds and thresholds (the defaults suit the hashing embedder)."""
+
+    max_items: int = 50  # active + proposed
+    token_budget: int = 800  # active + proposed, by estimate_tokens
+    merge_threshold: float = 0.75  # cosine of two items of one kind to count as one
+    detect_contradictions: bool = True
+    # a low cosine floor: the structural check (same objects, or the same subject with an
+    # exclusive value such as a language) is what decides; this only skips unrelated pairs
+    contradiction_threshold: float = 0.1
+    decay_half_life_ms: int = 30 * DAY_MS
+    decay_min_step: float = 0.05  # apply (and report) decay once it is 5% or more
+    retire_below: float = 0.25
+    # support saturates: a very popular item must still fade once nobody supports it any more
+    max_strength: float = 20.0
+    max_history: int = 50  # superseded, retired and rejected items kept for inspection
+
+
+def _example_key(item: MemoryItem) -> str:
+    query, response = item.get("query") or "", item.get("response") or ""
+    joined = normalise(query).strip() + "\x1f" + normalise(response).strip()
+    return blake2b(joined.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def _order(item: MemoryItem) -> tuple[int, float, str]:
+    return (KIND_ORDER.get(item["kind"], 99), -item["strength"], item["item_id"])
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+class _Vectors:
+    """Embeddings of item texts, computed once per call in one batch."""
+
+    def __init__(self, embedder: Embedder, texts: Sequence[str]) -> None:
+        self.embedder = embedder
+        unique = sorted(set(texts))
+        self.cache = dict(zip(unique, embedder.embed(unique), strict=True))
+
+    def similarity(self, a: str, b: str) -> float:
+        for text in (a, b):
+            if text not in self.cache:
+                self.cache[text] = self.embedder.embed([text])[0]
+        return cosine(self.cache[a], self.cache[b])
+
+
+def _decay(item: MemoryItem, now_ms: int, config: ConsolidationConfig) -> Change | None:
+    """Exponential decay since the last support (memoryless, so applying it in steps is exact)."""
+    if item["provenance"].get("derived_by") == "manual" or config.decay_half_life_ms <= 0:
+        return None  # a person wrote it; only a person retires it
+    anchor = max(item["last_support_ms"], item["updated_ms"])
+    elapsed = now_ms - anchor
+    if elapsed <= 0:
+        return None
+    factor = 0.5 ** (elapsed / config.decay_half_life_ms)
+    before = item["strength"]
+    after = round(before * factor, 6)
+    days = (now_ms - item["last_support_ms"]) / DAY_MS
+    if after < config.retire_below:
+        item["strength"] = after
+        item["status"] = "retired"
+        item["updated_ms"] = now_ms
+        note = (
+            f"retired: strength {after:.3f} fell below {config.retire_below:g} "
+            f"after {days:.1f} days without new support"
+        )
+        item["note"] = note
+        return {"item_id": item["item_id"], "action": "retired", "detail": note}
+    if 1.0 - factor < config.decay_min_step:
+        return None
+    item["strength"] = after
+    item["updated_ms"] = now_ms
+    detail = f"strength {before:.3f} -> {after:.3f} ({days:.1f} days since last support)"
+    return {"item_id": item["item_id"], "action": "decayed", "detail": detail}
+
+
+def _merge(
+    into: MemoryItem, candidate: MemoryItem, now_ms: int, how: str, max_strength: float
+) -> Change | None:
+    """Fold ``candidate``'s support into ``into``; None if it brought no new events (a replay)."""
+    prov, other = into["provenance"], candidate["provenance"]
+    new_events = [e for e in other["event_ids"] if e not in prov["event_ids"]]
+    if other["event_ids"] and not new_events:
+        return None
+    share = len(new_events) / len(other["event_ids"]) if other["event_ids"] else 1.0
+    into["strength"] = round(min(max_strength, into["strength"] + candidate["strength"] * share), 6)
+    into["support"] += max(1, round(candidate["support"] * share))
+    into["last_support_ms"] = max(into["last_support_ms"], candidate["last_support_ms"])
+    into["updated_ms"] = now_ms
+    prov["event_ids"] = (prov["event_ids"] + new_events)[-MAX_EVENT_IDS:]
+    users = sorted(set(prov["user_ids"]) | set(other["user_ids"]))
+    prov["user_ids"] = users[:MAX_USER_IDS]
+    prov["distinct_users"] = max(len(users), prov["distinct_users"], other["distinct_users"])
+    prov["trigger_id"] = other["trigger_id"]
+    prov["trigger_reason"] = other["trigger_reason"]
+    detail = f"{candidate['item_id']} merged ({how}); +{len(new_events)} event(s)"
+    return {"item_id": into["item_id"], "action": "merged", "detail": detail}
+
+
+def _supersede(old: MemoryItem, new: MemoryItem, reason: str, now_ms: int) -> Change:
+    old["status"] = "superseded"
+    old["superseded_by"] = new["item_id"]
+    old["updated_ms"] = now_ms
+    note = f"superseded by {new['item_id']} ({reason}): {_short(new['text'])}"
+    old["note"] = note
+    if not new.get("supersedes"):
+        new["supersedes"] = old["item_id"]
+    return {"item_id": old["item_id"], "action": "superseded", "detail": note}
+
+
+def _contradicted(
+    candidate: MemoryItem, live: list[MemoryItem], vectors: _Vectors, config: ConsolidationConfig
+) -> list[tuple[MemoryItem, str]]:
+    """Live items the candidate overrules, strongest first, with the reason."""
+    found: list[tuple[MemoryItem, str]] = []
+    if candidate["kind"] in EXAMPLE_KINDS:
+        key = _example_key(candidate)
+        for item in live:
+            opposite = item["kind"] in EXAMPLE_KINDS and item["kind"] != candidate["kind"]
+            if opposite and _example_key(item) == key:
+                found.append((item, f"now {candidate['kind'].replace('_', ' ')}"))
+    elif candidate["kind"] in RULE_KINDS and config.detect_contradictions:
+        for item in live:
+            if item["kind"] != candidate["kind"] or item["item_id"] == candidate["item_id"]:
+                continue
+            if vectors.similarity(candidate["text"], item["text"]) < config.contradiction_threshold:
+                continue
+            reason = contradiction(candidate["text"], item["text"])
+            if reason is not None:
+                found.append((item, reason))
+    found.sort(key=lambda pair: _order(pair[0]))
+    return found
+
+
+def _revive(candidate: MemoryItem, old: MemoryItem) -> None:
+    """A retired or superseded item got new support: the candidate continues its history."""
+    candidate["created_ms"] = old["created_ms"]
+    prov, before = candidate["provenance"], old["provenance"]
+    events = [e for e in before["event_ids"] if e not in prov["event_ids"]] + prov["event_ids"]
+    prov["event_ids"] = events[-MAX_EVENT_IDS:]
+    users = sorted(set(prov["user_ids"]) | set(before["user_ids"]))
+    prov["user_ids"] = users[:MAX_USER_IDS]
+    prov["distinct_users"] = max(len(users), prov["distinct_users"], before["distinct_users"])
+    candidate["note"] = f"revived after being {old['status']}"
+
+
+def _admit(
+    candidate: MemoryItem,
+    live: list[MemoryItem],
+    history: list[MemoryItem],
+    previous: MemoryItem | None,
+) -> None:
+    if previous is not None:
+        history.remove(previous)  # the revived item replaces its retired/superseded self
+    live.append(candidate)
+
+
+def consolidate(
+    current: list[MemoryItem],
+    candidates: list[MemoryItem],
+    now_ms: int,
+    config: ConsolidationConfig,
+    embedder: Embedder,
+) -> tuple[list[MemoryItem], list[Change]]:
+    """The group's new item list (live first, deterministic order) and what changed."""
+    groups = {i["group"] for i in current} | {i["group"] for i in candidates}
+    if len(groups) > 1:
+        raise ValueError(f"consolidate works on one group at a time, got {sorted(groups)}")
+    changes: list[Change] = []
+    items = [copy.deepcopy(i) for i in current]
+    live = [i for i in items if i["status"] in LIVE]
+    history = [i for i in items if i["status"] not in LIVE]
+    for item in sorted(live, key=lambda i: i["item_id"]):
+        change = _decay(item, now_ms, config)
+        if change is not None:
+            changes.append(change)
+    history += [i for i in live if i["status"] not in LIVE]
+    live = [i for i in live if i["status"] in LIVE]
+
+    fresh = sorted(
+        (copy.deepcopy(c) for c in candidates),
+        key=lambda c: (KIND_ORDER.get(c["kind"], 99), c["item_id"]),
+    )
+    vectors = _Vectors(embedder, [i["text"] for i in live] + [c["text"] for c in fresh])
+    added: set[str] = set()
+    for candidate in fresh:
+        candidate["strength"] = min(candidate["strength"], config.max_strength)
+        by_id = {i["item_id"]: i for i in live}
+        same = by_id.get(candidate["item_id"])
+        if same is not None:
+            change = _merge(same, candidate, now_ms, "same id", config.max_strength)
+            if change is not None:
+                changes.append(change)
+            continue
+        previous = next((h for h in history if h["item_id"] == candidate["item_id"]), None)
+        if previous is not None:
+            if previous["status"] == "rejected":
+                continue  # a person rejected this exact item; new evidence does not overrule that
+            _revive(candidate, previous)
+        overruled = _contradicted(candidate, live, vectors, config)
+        if overruled:
+            for old, reason in overruled:
+                changes.append(_supersede(old, candidate, reason, now_ms))
+                live.remove(old)
+                history.append(old)
+            _admit(candidate, live, history, previous)
+            added.add(candidate["item_id"])
+            ids = ", ".join(old["item_id"] for old, _ in overruled)
+            changes.append(
+                {"item_id": candidate["item_id"], "action": "added", "detail": f"supersedes {ids}"}
+            )
+            continue
+        best: tuple[float, str, MemoryItem] | None = None
+        for item in live:
+            if item["kind"] != candidate["kind"]:
+                continue
+            similarity = vectors.similarity(candidate["text"], item["text"])
+            if similarity >= config.merge_threshold and (
+                best is None or (similarity, item["item_id"]) > (best[0], best[1])
+            ):
+                best = (similarity, item["item_id"], item)
+        if best is not None:
+            change = _merge(
+                best[2], candidate, now_ms, f"cosine {best[0]:.2f}", config.max_strength
+            )
+            if change is not None:
+                changes.append(change)
+            continue
+        _admit(candidate, live, history, previous)
+        added.add(candidate["item_id"])
+        detail = candidate.get("note") or f"new {candidate['kind']}: {_short(candidate['text'])}"
+        changes.append({"item_id": candidate["item_id"], "action": "added", "detail": detail})
+
+    # caps: the weakest (then least recently supported, then oldest) go first
+    tokens = sum(i["tokens"] for i in live)
+    while live and (len(live) > config.max_items or tokens > config.token_budget):
+        weakest = min(
+            live, key=lambda i: (i["strength"], i["last_support_ms"], i["created_ms"], i["item_id"])
+        )
+        live.remove(weakest)
+        tokens -= weakest["tokens"]
+        if weakest["item_id"] in added:
+            changes = [
+                c
+                for c in changes
+                if not (c["item_id"] == weakest["item_id"] and c["action"] == "added")
+            ]
+            detail = f"not admitted: weakest candidate (strength {weakest['strength']:.3f})"
+        else:
+            detail = f"evicted as weakest (strength {weakest['strength']:.3f}) to stay within caps"
+        changes.append({"item_id": weakest["item_id"], "action": "evicted", "detail": detail})
+
+    history.sort(key=lambda i: (-i["updated_ms"], i["item_id"]))
+    for dropped in history[config.max_history :]:
+        changes.append(
+            {"item_id": dropped["item_id"], "action": "evicted", "detail": "history cap reached"}
+        )
+    history = history[: config.max_history]
+    return sorted(live, key=_order) + sorted(history, key=_order), changes

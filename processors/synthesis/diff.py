@@ -1,0 +1,103 @@
+"""What a user's edit says: the explanation derived from the word diff of an edit.
+
+When a user rewrites the agent's output, the difference is the feedback. A word-level
+diff (difflib) names what was removed, added or reworded, so the correction item can
+say "Prefer 'pnpm install' over 'npm install'" instead of storing two blobs. A single
+repeated rewording is a *clear substitution*, strong enough to become a rule.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Final
+
+MAX_PHRASE_WORDS: Final = 8
+MAX_PARTS: Final = 3
+MAX_SUBSTITUTION_WORDS: Final = 4
+_TOKEN_RE: Final = re.compile(r"\w+(?:[-'./:@]\w+)*|[^\w\s]")
+
+
+@dataclass(frozen=True, slots=True)
+class EditDiff:
+    """The explanation of one edit and, when it is one rewording, that substitution."""
+
+    explanation: str
+    substitution: tuple[str, str] | None  # (old phrase, new phrase)
+    kept_ratio: float  # share of the original's words the edit kept
+    changes: int
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN_RE.findall(text)
+
+
+def _phrase(tokens: list[str]) -> str:
+    text = ""
+    for piece in tokens:
+        punct = len(piece) == 1 and not piece.isalnum() and piece not in "([{\"'"
+        glue = not text or punct
+        text += piece if glue else " " + piece
+    words = text.split()
+    if len(words) > MAX_PHRASE_WORDS:
+        text = " ".join(words[:MAX_PHRASE_WORDS]) + "\u2026"
+    return text.replace("'", "\u2019")
+
+
+def _is_words(tokens: list[str]) -> bool:
+    return any(t[0].isalnum() for t in tokens)
+
+
+def describe_edit(original: str, edited: str) -> EditDiff:
+    """Explain ``original`` -> ``edited`` from the words that changed."""
+    a, b = _tokens(original), _tokens(edited)
+    matcher = SequenceMatcher(None, [t.lower() for t in a], [t.lower() for t in b], autojunk=False)
+    ops = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+    kept = sum(size for _, _, size in matcher.get_matching_blocks())
+    kept_ratio = kept / len(a) if a else 0.0
+    if not ops:
+        same_words = original.split() == edited.split()
+        note = "Whitespace only" if same_words else "Capitalisation only"
+        return EditDiff(f"{note} changed.", None, kept_ratio, 0)
+    if not a or kept_ratio < 0.3:
+        return EditDiff(
+            f"Rewritten almost entirely (kept {round(100 * kept_ratio)}% of the original wording).",
+            None,
+            kept_ratio,
+            len(ops),
+        )
+    word_ops = [op for op in ops if _is_words(a[op[1] : op[2]]) or _is_words(b[op[3] : op[4]])]
+    if not word_ops:
+        return EditDiff("Punctuation changed.", None, kept_ratio, len(ops))
+    pairs = {
+        (_phrase(a[i1:i2]).lower(), _phrase(b[j1:j2]).lower())
+        for tag, i1, i2, j1, j2 in word_ops
+        if tag == "replace"
+    }
+    substitution: tuple[str, str] | None = None
+    if len(pairs) == 1 and all(op[0] == "replace" for op in word_ops):
+        _, i1, i2, j1, j2 = word_ops[0]
+        if i2 - i1 <= MAX_SUBSTITUTION_WORDS and j2 - j1 <= MAX_SUBSTITUTION_WORDS:
+            substitution = (_phrase(a[i1:i2]), _phrase(b[j1:j2]))
+    # the largest changes first, then in reading order
+    ranked = sorted(word_ops, key=lambda op: (-max(op[2] - op[1], op[4] - op[3]), op[1]))
+    chosen = sorted(ranked[:MAX_PARTS], key=lambda op: op[1])
+    parts: list[str] = []
+    seen: set[str] = set()
+    for tag, i1, i2, j1, j2 in chosen:
+        old, new = _phrase(a[i1:i2]), _phrase(b[j1:j2])
+        if tag == "replace":
+            part = f"prefer '{new}' over '{old}'"
+        elif tag == "delete":
+            part = f"leave out '{old}'"
+        else:
+            part = f"add '{new}'"
+        if part.lower() not in seen:
+            seen.add(part.lower())
+            parts.append(part)
+    text = "; ".join(parts)
+    more = len(word_ops) - len(chosen)
+    if more > 0:
+        text += f" (and {more} more change{'s' if more > 1 else ''})"
+    return EditDiff(text[0].upper() + text[1:] + ".", substitution, kept_ratio, len(word_ops))
