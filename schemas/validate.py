@@ -98,22 +98,25 @@ def _check(schema: Any, value: Any, path: str, limits: Limits, out: list[FieldEr
 def _semantic(record: Mapping[str, Any], limits: Limits) -> list[FieldError]:
     """Rules the schema cannot express."""
     out: list[FieldError] = []
+    get = record.get  # runs once per consumed event: keep lookups out of the loops
     for name in ("event_id", "user_id"):
-        value = record.get(name)
-        if isinstance(value, str) and not value.strip():
-            out.append((name, "must not be empty"))
-        elif isinstance(value, str) and len(value) > limits.max_id_chars:
-            out.append((name, f"is longer than {limits.max_id_chars} characters"))
-    kind = record.get("type")
-    if kind in FEEDBACK_TYPES and not record.get("interaction_id"):
+        value = get(name)
+        if isinstance(value, str):
+            if not value.strip():
+                out.append((name, "must not be empty"))
+            elif len(value) > limits.max_id_chars:
+                out.append((name, f"is longer than {limits.max_id_chars} characters"))
+    kind = get("type")
+    if kind in FEEDBACK_TYPES and not get("interaction_id"):
         out.append(("interaction_id", f"is required for {kind} events"))
     for other in EVENT_TYPES:
-        if other != kind and record.get(other) is not None:
+        if other != kind and get(other) is not None:
             out.append((other, f"must not be set on a {kind} event"))
-    payload = record.get(kind) if isinstance(kind, str) else None
+    payload = get(kind) if isinstance(kind, str) else None
     if kind in EVENT_TYPES and payload is None:
         out.append((str(kind), "payload is missing"))
-    if kind == "rating" and isinstance(payload, Mapping):
+    # dict first: an exact-type check, where the Mapping ABC check alone is slow
+    if kind == "rating" and isinstance(payload, dict | Mapping):
         value, score, scale = payload.get("value"), payload.get("score"), payload.get("scale")
         if value is None and score is None:
             out.append(("value", "a rating needs value (+1 or -1) or score with scale"))
@@ -127,6 +130,31 @@ def _semantic(record: Mapping[str, Any], limits: Limits) -> list[FieldError]:
     return out
 
 
+def _sizes(record: Mapping[str, Any], limits: Limits) -> list[FieldError]:
+    """The size limits for Avro-decoded records, whose types need no checking.
+
+    Only the fields that can be long are looked at, so this stays cheap per event.
+    """
+    out: list[FieldError] = []
+    metadata = record.get("metadata") or {}
+    if len(metadata) > limits.max_metadata_entries:
+        out.append(
+            ("metadata", f"has {len(metadata)} entries, more than {limits.max_metadata_entries}")
+        )
+    if any(len(v) > limits.max_text_chars for v in metadata.values()):
+        out.append(("metadata", f"has a value longer than {limits.max_text_chars} characters"))
+    kind = record.get("type")
+    payload = record.get(kind) if isinstance(kind, str) else None
+    if isinstance(payload, dict):
+        for name, value in payload.items():
+            if isinstance(value, str) and len(value) > limits.max_text_chars:
+                out.append((name, f"is {len(value)} characters, more than {limits.max_text_chars}"))
+        calls = payload.get("tool_calls")
+        if isinstance(calls, list) and len(calls) > limits.max_tool_calls:
+            out.append(("tool_calls", f"has {len(calls)} items, more than {limits.max_tool_calls}"))
+    return out
+
+
 def validate_record(
     record: Mapping[str, Any], limits: Limits = Limits(), *, typed: bool = False
 ) -> list[FieldError]:
@@ -136,7 +164,7 @@ def validate_record(
     types, so only the semantic rules are checked (a third of the cost).
     """
     if typed:
-        return _semantic(record, limits)
+        return _sizes(record, limits) or _semantic(record, limits)
     errors: list[FieldError] = []
     _check(EVENT_SCHEMA, record, "", limits, errors)
     if errors:

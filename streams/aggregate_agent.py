@@ -19,6 +19,7 @@ from processors.aggregate import GroupState, apply_signals
 from processors.groups import scope_of
 from processors.signals import Signal
 from streams.dead_letters import dead_letter
+from streams.isolation import run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 
 if TYPE_CHECKING:
@@ -90,28 +91,4 @@ def register(app: WorkerApp) -> None:
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_max_wait_s
         ):
-            try:
-                await aggregate_batch(app, list(events))
-            except Exception:
-                log.exception("aggregate batch failed, retrying one by one", events=len(events))
-                for event in events:
-                    try:
-                        await aggregate_batch(app, [event])
-                    except Exception as exc:  # noqa: BLE001 - nothing may escape this loop
-                        message = event.message
-                        await deliver(
-                            STAGE,
-                            [
-                                dead_letter(
-                                    app,
-                                    "processing_error",
-                                    type(exc).__name__,
-                                    value=message.value,
-                                    key=message.key,
-                                    topic=message.topic,
-                                    partition=message.partition,
-                                    offset=message.offset,
-                                )
-                            ],
-                            settings.external_timeout_s,
-                        )
+            await run_isolated(app, STAGE, list(events), aggregate_batch)

@@ -7,6 +7,10 @@ import orjson
 from learnloop import metrics
 from streams.outputs import Outgoing, now_ms
 
+#: Dead letters keep at most this much of the original value: a message the worker
+#: rejected for its size must not be rejected again by the producer (1 MB default).
+MAX_DEAD_LETTER_VALUE = 512 * 1024
+
 
 def dead_letter(
     app: object,
@@ -30,9 +34,14 @@ def dead_letter(
     ]
     if errors:
         headers.append(("learnloop.errors", orjson.dumps([list(e) for e in errors])[:2000]))
+    body = value if value is not None else b""
+    if len(body) > MAX_DEAD_LETTER_VALUE:
+        headers.append(("learnloop.original_bytes", str(len(body)).encode()))
+        headers.append(("learnloop.truncated", b"true"))
+        body = body[:MAX_DEAD_LETTER_VALUE]
     return Outgoing(
         topic=app.dead_letter_topic,  # type: ignore[attr-defined]
-        key=key,
-        value=value if value is not None else b"",
+        key=key[:1024] if key else key,
+        value=body,
         headers=headers,
     )

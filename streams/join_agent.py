@@ -20,6 +20,7 @@ from processors.join import JoinSlot, expire, process_event
 from processors.signals import DeadLetter, Signal
 from schemas import DecodeError
 from streams.dead_letters import dead_letter
+from streams.isolation import run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 
 if TYPE_CHECKING:
@@ -159,31 +160,7 @@ def register(app: WorkerApp) -> None:
         async for events in stream.take_events(
             settings.batch_max_events, within=settings.batch_max_wait_s
         ):
-            try:
-                await join_batch(app, list(events))
-            except Exception:
-                log.exception("join batch failed, retrying one by one", events=len(events))
-                for event in events:
-                    try:
-                        await join_batch(app, [event])
-                    except Exception as exc:  # noqa: BLE001 - nothing may escape this loop
-                        message = event.message
-                        await deliver(
-                            STAGE,
-                            [
-                                dead_letter(
-                                    app,
-                                    "processing_error",
-                                    type(exc).__name__,
-                                    value=message.value,
-                                    key=message.key,
-                                    topic=message.topic,
-                                    partition=message.partition,
-                                    offset=message.offset,
-                                )
-                            ],
-                            settings.external_timeout_s,
-                        )
+            await run_isolated(app, STAGE, list(events), join_batch)
 
     ticks = 0
 

@@ -23,6 +23,7 @@ from processors.memory import MemoryCommand, Snapshot
 from processors.memory_ops import apply_command, empty_snapshot, next_snapshot
 from processors.signals import Signal
 from streams.dead_letters import dead_letter
+from streams.isolation import run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 
 if TYPE_CHECKING:
@@ -204,29 +205,4 @@ def register(app: WorkerApp) -> None:
     @app.agent(app.memory_inputs, name="memory")  # type: ignore[misc]
     async def memory(stream: Any) -> None:
         async for events in stream.take_events(100, within=settings.batch_max_wait_s):
-            try:
-                await memory_batch(app, list(events))
-            except Exception:
-                log.exception("memory batch failed, retrying one by one", events=len(events))
-                for event in events:
-                    try:
-                        await memory_batch(app, [event])
-                    except Exception as exc:  # noqa: BLE001
-                        message = event.message
-                        metrics.SYNTHESIS_REQUESTS.labels(app.synthesizer.name, "failed").inc()
-                        await deliver(
-                            STAGE,
-                            [
-                                dead_letter(
-                                    app,
-                                    "processing_error",
-                                    type(exc).__name__,
-                                    value=message.value,
-                                    key=message.key,
-                                    topic=message.topic,
-                                    partition=message.partition,
-                                    offset=message.offset,
-                                )
-                            ],
-                            settings.external_timeout_s,
-                        )
+            await run_isolated(app, STAGE, list(events), memory_batch)

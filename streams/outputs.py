@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 
 import faust
 import structlog
+from aiokafka.errors import MessageSizeTooLargeError, UnsupportedVersionError
 
 from learnloop import metrics
 
 log = structlog.get_logger(__name__)
+
+#: Errors that no retry can fix: the caller must handle the input some other way
+#: (the agents fall back to one input at a time and dead-letter the one that fails).
+PERMANENT_ERRORS = (MessageSizeTooLargeError, UnsupportedVersionError, TypeError, ValueError)
 
 
 @dataclass(slots=True)
@@ -34,7 +39,10 @@ class Outgoing:
 async def deliver(
     stage: str, records: Sequence[Outgoing], timeout_s: float, max_backoff_s: float = 5.0
 ) -> None:
-    """Send every record and wait for all acknowledgements, retrying on timeout."""
+    """Send every record and wait for all acknowledgements, retrying transient failures.
+
+    Raises only for :data:`PERMANENT_ERRORS`; the caller isolates the culprit.
+    """
     if not records:
         return
     attempt = 0
@@ -49,7 +57,9 @@ async def deliver(
                 ]
                 await asyncio.gather(*futures)
             return
-        except Exception as exc:  # noqa: BLE001 - nothing may escape this loop
+        except PERMANENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - transient: retry, never drop
             attempt += 1
             metrics.SEND_RETRIES.labels(stage).inc()
             delay = min(max_backoff_s, 0.1 * 2**attempt)

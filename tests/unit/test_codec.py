@@ -172,3 +172,20 @@ def test_incompatible_change_is_detected() -> None:
 def test_fingerprint_is_little_endian_crc64() -> None:
     value = struct.unpack("<Q", CODEC.fingerprint)[0]
     assert value != 0
+
+
+def test_avro_events_obey_the_size_limits_too() -> None:
+    """Avro needs no type checks, but a 100k-character text is still too long."""
+    import io
+
+    from fastavro import schemaless_writer
+
+    record = _record(feedback("x1", "explanation", "i1"))
+    record["explanation"]["text"] = "x" * 100_000
+    buffer = io.BytesIO()
+    buffer.write(SINGLE_OBJECT_MAGIC + CODEC.fingerprint)
+    schemaless_writer(buffer, load_schema(str(AVRO_DIR / "learnloop.Event.avsc")), record)
+    with pytest.raises(DecodeError) as caught:
+        CODEC.decode(buffer.getvalue())
+    assert caught.value.reason == "invalid_event"
+    assert caught.value.errors[0][0] == "text"
