@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -60,6 +68,25 @@ class ApiKeySpec(BaseModel):
         if len(value.get_secret_value()) < 16:
             raise ValueError("API keys must be at least 16 characters")
         return value
+
+
+class LLMSettings(BaseModel):
+    """An OpenAI-compatible chat-completions endpoint for synthesis (OpenAI, vLLM, Ollama...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = Field(min_length=8, description="e.g. http://localhost:11434/v1")
+    model: str = Field(min_length=1)
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    max_concurrency: int = Field(default=4, ge=1)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=30.0, gt=0)
+    max_total_s: float = Field(default=120.0, gt=0, description="bound on one synthesis")
+    price_per_1k_prompt: float = Field(default=0.0, ge=0)
+    price_per_1k_completion: float = Field(default=0.0, ge=0)
+    prompt_version: str = "v1"
 
 
 class Settings(BaseSettings):
@@ -123,6 +150,8 @@ class Settings(BaseSettings):
 
     # --- learning
     policy: LearningPolicy = LearningPolicy()
+    synthesizer: Literal["offline", "llm"] = "offline"
+    llm: LLMSettings | None = None
     derived_groups: tuple[DerivedGroupRule, ...] = ()
     max_event_bytes: int = Field(default=1_048_576, ge=1024)
     max_items_per_group: int = Field(default=50, ge=1)
@@ -152,6 +181,12 @@ class Settings(BaseSettings):
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _llm_configured(self) -> Settings:
+        if self.synthesizer == "llm" and self.llm is None:
+            raise ValueError("synthesizer 'llm' needs the llm settings (base_url, model)")
+        return self
 
     @property
     def auth_enabled(self) -> bool:
@@ -201,7 +236,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad key: the key, the value given, and what was expected."""
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(settings)"
+        if not error["loc"]:  # a rule across several settings
+            lines.append(f"invalid settings: {error['msg']}")
+            continue
+        key = ".".join(str(part) for part in error["loc"])
         value = error.get("input")
         shown = "" if isinstance(value, dict) else f" = {str(value)[:80]!r}"
         env = "LEARNLOOP_" + "__".join(str(p) for p in error["loc"]).upper()

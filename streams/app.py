@@ -74,6 +74,36 @@ def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable
     return app.tables.add(table)  # type: ignore[no-any-return]
 
 
+def _synthesizer(settings: Settings, embedder: HashingEmbedder) -> Any:
+    """The offline synthesizer by default; the LLM one when configured."""
+    if settings.synthesizer == "llm" and settings.llm is not None:
+        from learnloop.synthesis.llm import LLMSynthesizer
+
+        llm = settings.llm
+        return LLMSynthesizer(
+            llm.base_url,
+            llm.model,
+            llm.api_key,
+            timeout_s=llm.timeout_s,
+            max_retries=llm.max_retries,
+            max_concurrency=llm.max_concurrency,
+            breaker_threshold=llm.breaker_threshold,
+            breaker_reset_s=llm.breaker_reset_s,
+            max_total_s=llm.max_total_s,
+            price_per_1k_prompt=llm.price_per_1k_prompt,
+            price_per_1k_completion=llm.price_per_1k_completion,
+            prompt_version=llm.prompt_version,
+            redact_patterns=settings.redact_patterns,
+            policy_for_scope=settings.policy.for_scope,
+        )
+    return OfflineSynthesizer(
+        embedder,
+        settings.policy.for_scope,
+        cluster_threshold=settings.cluster_threshold,
+        redact_patterns=settings.redact_patterns,
+    )
+
+
 def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp:
     """Build the worker app. ``bootstrap`` overrides the settings (embedded broker port)."""
     servers = bootstrap or settings.kafka_bootstrap
@@ -136,12 +166,7 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.group_state = _table(app, "group-state", settings.partitions)
     app.memory = _table(app, "memory", settings.partitions)
     embedder = HashingEmbedder()
-    app.synthesizer = OfflineSynthesizer(
-        embedder,
-        settings.policy.for_scope,
-        cluster_threshold=settings.cluster_threshold,
-        redact_patterns=settings.redact_patterns,
-    )
+    app.synthesizer = _synthesizer(settings, embedder)
     config = ConsolidationConfig(
         max_items=settings.max_items_per_group,
         token_budget=settings.token_budget_per_group,

@@ -42,11 +42,17 @@ async def _dead_letter(app: WorkerApp, stage: str, event: Any, exc: Exception) -
     source = f"{message.topic}/{message.partition}/{message.offset}"
     try:
         record = dead_letter(
-            app, "processing_error", f"{stage}: {type(exc).__name__}", value=message.value,
-            key=message.key, topic=message.topic, partition=message.partition,
+            app,
+            "processing_error",
+            f"{stage}: {type(exc).__name__}",
+            value=message.value,
+            key=message.key,
+            topic=message.topic,
+            partition=message.partition,
             offset=message.offset,
         )
         await deliver(stage, [record], app.settings.external_timeout_s)
     except Exception:
-        log.exception("could not dead-letter an input; replay it by hand", stage=stage,
-                      source=source)
+        log.exception(
+            "could not dead-letter an input; replay it by hand", stage=stage, source=source
+        )

@@ -22,8 +22,12 @@ log = structlog.get_logger(__name__)
 
 def update_lag(app: WorkerApp) -> None:
     consumer = app.consumer
-    inputs = {app.settings.topics.events, app.settings.topics.signals,
-              app.settings.topics.triggers, app.settings.topics.commands}
+    inputs = {
+        app.settings.topics.events,
+        app.settings.topics.signals,
+        app.settings.topics.triggers,
+        app.settings.topics.commands,
+    }
     metrics.CONSUMER_LAG.clear()  # partitions this worker lost must stop reporting
     for tp in app.assignor.assigned_actives():
         if tp.topic not in inputs:

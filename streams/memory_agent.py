@@ -11,6 +11,8 @@ to aggregation; only then write the table.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ import orjson
 import structlog
 
 from learnloop import metrics
+from learnloop.synthesis.errors import SynthesisUnavailable
 from processors.aggregate import FORGET_USER, SYNTHESIS_DONE, Trigger
 from processors.memory import MemoryCommand, Snapshot
 from processors.memory_ops import apply_command, empty_snapshot, next_snapshot
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 STAGE = "memory"
+DEFERRED_PAUSE_S = 0.5
+MAX_RETRY_DELAY_S = 300.0
 MAX_REMEMBERED_INPUTS = 64
 
 
@@ -58,12 +63,23 @@ def _control_signal(group: str, kind: str, key: str, payload: dict[str, Any], no
     }
 
 
-def _synthesize(app: WorkerApp, current: Snapshot, trigger: Trigger, now: int) -> Snapshot:
+async def _synthesize(app: WorkerApp, current: Snapshot, trigger: Trigger, now: int) -> Snapshot:
+    """Candidates from the synthesizer, consolidated into the next version.
+
+    The LLM synthesizer is async and bounded by its own total time budget; the
+    extra margin here makes sure no await in the agent loop is unbounded.
+    """
     started = time.perf_counter()
-    result = app.synthesizer.synthesize(trigger, current["items"], now)
+    synthesizer = app.synthesizer
+    outcome = synthesizer.synthesize(trigger, current["items"], now)
+    if inspect.isawaitable(outcome):
+        llm = app.settings.llm
+        outcome = await asyncio.wait_for(outcome, (llm.max_total_s if llm else 120.0) + 10)
+    result = outcome
     items, changes = app.consolidate(current["items"], result["items"], now)
-    metrics.SYNTHESIS_REQUESTS.labels(app.synthesizer.name, "ok").inc()
-    metrics.SYNTHESIS_SECONDS.labels(app.synthesizer.name).observe(time.perf_counter() - started)
+    if not getattr(synthesizer, "records_metrics", False):
+        metrics.SYNTHESIS_REQUESTS.labels(synthesizer.name, "ok").inc()
+        metrics.SYNTHESIS_SECONDS.labels(synthesizer.name).observe(time.perf_counter() - started)
     log.info(
         "synthesis",
         group=current["group"],
@@ -79,6 +95,7 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
     started = time.perf_counter()
     names = app.settings.topics
     out: list[Outgoing] = []
+    deferred: list[Outgoing] = []
     touched: dict[str, tuple[int, dict[str, Any]]] = {}
     for event in events:
         message = event.message
@@ -110,7 +127,21 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
         result: dict[str, Any]
         if message.topic == names.triggers:
             trigger: Trigger = value
-            snapshot = _synthesize(app, current, trigger, now)
+            if value.get("not_before_ms", 0) > now:
+                deferred.append(
+                    Outgoing(
+                        app.triggers_topic,
+                        group.encode(),
+                        message.value,
+                        partition=message.partition,
+                    )
+                )
+                continue
+            try:
+                snapshot = await _synthesize(app, current, trigger, now)
+            except (SynthesisUnavailable, TimeoutError) as exc:
+                deferred.append(_retry_later(app, value, exc, now, message.partition))
+                continue
             evidence_ids = [e["event_id"] for e in trigger["evidence"]]
             out.append(
                 _signal_out(
@@ -182,11 +213,41 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
         out.append(Outgoing(app.results_topic, input_id.encode(), orjson.dumps(result)))
         applied = [*state["applied"], input_id][-MAX_REMEMBERED_INPUTS:]
         touched[group] = (message.partition, {"snapshot": snapshot, "applied": applied})
-    await deliver(STAGE, out, app.settings.external_timeout_s)
+    if deferred and len(deferred) == len(events):
+        await asyncio.sleep(DEFERRED_PAUSE_S)  # only deferred triggers: do not spin
+    await deliver(STAGE, out + deferred, app.settings.external_timeout_s)
     for group, (partition, state) in touched.items():
         app.memory.put(group, state, partition)
     metrics.BATCH_SIZE.labels(STAGE).observe(len(events))
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+
+
+def _retry_later(
+    app: WorkerApp, trigger: dict[str, Any], exc: BaseException, now: int, partition: int
+) -> Outgoing:
+    """Put a trigger that cannot be served now back on its topic, due after a backoff.
+
+    The trigger stays in the log the whole time, so a crash cannot lose it.
+    """
+    attempt = int(trigger.get("attempt", 0)) + 1
+    hint = getattr(exc, "retry_after_s", None)
+    delay_s = hint if hint else min(MAX_RETRY_DELAY_S, 2.0**attempt)
+    metrics.SYNTHESIS_REQUESTS.labels(app.synthesizer.name, "deferred").inc()
+    log.warning(
+        "synthesis deferred",
+        group=trigger.get("group"),
+        trigger_id=trigger.get("trigger_id"),
+        attempt=attempt,
+        retry_in_s=delay_s,
+        error=type(exc).__name__,
+    )
+    retry = {**trigger, "attempt": attempt, "not_before_ms": now + int(delay_s * 1000)}
+    return Outgoing(
+        app.triggers_topic,
+        str(trigger.get("group", "")).encode(),
+        orjson.dumps(retry),
+        partition=partition,
+    )
 
 
 def _scope(group: str) -> str:
