@@ -249,6 +249,7 @@ def emit(
 
     Without a bootstrap server it sends to the broker of a running `learnloop up`.
     """
+    from learnloop.codec import make_codec
     from learnloop.producer import EventProducer
     from schemas import WireFormat
 
@@ -261,7 +262,7 @@ def emit(
     async def run() -> tuple[int, int]:
         sent = rejected = 0
         async with EventProducer(
-            servers, settings.topics.events, wire=WireFormat(wire)
+            servers, settings.topics.events, codec=make_codec(settings), wire=WireFormat(wire)
         ) as producer:
             pending: list[tuple[bytes, bytes, str]] = []
             with Progress(

@@ -12,6 +12,7 @@ import uvicorn
 from learnloop.api.app import Services, create_api
 from learnloop.api.group_view import GroupView, changelog_topic
 from learnloop.api.memory_log import MemoryLog
+from learnloop.codec import make_codec
 from learnloop.embedded.broker import _die_with_parent
 from learnloop.producer import EventProducer
 from learnloop.settings import Settings
@@ -29,7 +30,7 @@ def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
         settings.external_timeout_s,
     )
     services = Services(
-        producer=EventProducer(bootstrap, settings.topics.events),
+        producer=EventProducer(bootstrap, settings.topics.events, codec=make_codec(settings)),
         groups=GroupView(
             bootstrap, changelog_topic(settings.app_id, "group-state"), settings.partitions
         ),

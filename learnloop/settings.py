@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         default=None, description="host:port[,host:port]; unset means start the embedded broker"
     )
     qdrant_url: str | None = Field(default=None, description="unset means the embedded store")
+    schema_registry_url: str | None = Field(
+        default=None, description="Confluent-compatible registry; set to write Confluent framing"
+    )
+    schema_registry_timeout_s: float = Field(default=5.0, gt=0)
     qdrant_api_key: SecretStr | None = None
     data_dir: Path = Path(".learnloop")
     app_id: str = "learnloop"

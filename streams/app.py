@@ -20,6 +20,7 @@ import faust
 import structlog
 from mode.utils.times import Seconds
 
+from learnloop.codec import make_codec
 from learnloop.settings import Settings
 from processors.aggregate import AggregateLimits
 from processors.consolidate import Change, ConsolidationConfig, consolidate
@@ -28,7 +29,7 @@ from processors.join import JoinConfig
 from processors.memory import MemoryItem
 from processors.synthesis import Synthesizer
 from processors.synthesis.offline import OfflineSynthesizer
-from schemas import EventCodec, Limits
+from schemas import EventCodec
 from streams.tables import ExplicitPartitionTable
 
 log = structlog.get_logger(__name__)
@@ -138,9 +139,7 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
         broker_rebalance_timeout=settings.rebalance_timeout_s,
     )
     app.settings = settings
-    app.codec = EventCodec(
-        Limits(max_text_chars=settings.max_text_chars, max_event_bytes=settings.max_event_bytes)
-    )
+    app.codec = make_codec(settings)
     app.join_config = JoinConfig(
         rules=settings.derived_groups,
         wait_ms=int(settings.join_wait_s * 1000),

@@ -123,7 +123,6 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-
     @app.post("/v1/events", status_code=202, tags=["ingest"])
     async def post_events(request: Request, who: CallerDep) -> ORJSONResponse:
         """Accept one event or a JSON array; publish the valid ones, name each rejected field."""

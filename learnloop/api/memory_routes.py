@@ -274,9 +274,7 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
                 continue
             snapshots[group] = snapshot
         examples = await _examples(services, snapshots, body.query, body.pin)
-        result = assemble(
-            snapshots, examples, body.max_tokens, _conflicts, body.max_examples
-        )
+        result = assemble(snapshots, examples, body.max_tokens, _conflicts, body.max_examples)
         metrics.CONTEXT_ITEMS.observe(len(result["items"]) + len(result["examples"]))
         metrics.CONTEXT_TOKENS.observe(result["tokens"])
         return {**result, "groups": list(snapshots), "hidden": hidden}
