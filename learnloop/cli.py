@@ -202,7 +202,14 @@ def api(
     from learnloop.processes import run_api
 
     settings = _settings(config, api_port=port, api_host=host)
-    run_api(settings, _require_bootstrap(settings, "api"))
+    _stop_on_sigterm()
+    try:
+        run_api(settings, _require_bootstrap(settings, "api"))
+    except KeyboardInterrupt:
+        pass  # uvicorn drained in-flight requests and re-raised the signal: a clean stop
+    except LearnloopError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command("rebuild-index")

@@ -19,7 +19,7 @@ from processors.aggregate import GroupState, apply_signals
 from processors.groups import scope_of
 from processors.signals import Signal
 from streams.dead_letters import dead_letter
-from streams.isolation import run_isolated
+from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 
 if TYPE_CHECKING:
@@ -88,7 +88,8 @@ def register(app: WorkerApp) -> None:
 
     @app.agent(app.signals_topic, name="aggregate")  # type: ignore[misc]
     async def aggregate(stream: Any) -> None:
-        async for events in stream.take_events(
+        async for events in stream.noack_take(
             settings.batch_max_events, within=settings.batch_max_wait_s
         ):
             await run_isolated(app, STAGE, list(events), aggregate_batch)
+            await ack_all(stream, events)

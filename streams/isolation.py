@@ -3,8 +3,8 @@
 A batch that fails is retried one input at a time; an input that still fails is
 dead-lettered with the error's type as its detail (never a stack trace), and if
 even that cannot be sent it is logged with its source position so it can be
-replayed by hand. Faust acks the inputs afterwards either way: one poison
-message must not stall its partition.
+replayed by hand. The caller acks the inputs afterwards either way (see
+:func:`ack_all`): one poison message must not stall its partition.
 """
 
 from __future__ import annotations
@@ -22,6 +22,17 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 Process = Callable[["WorkerApp", list[Any]], Awaitable[None]]
+
+
+async def ack_all(stream: Any, events: Any) -> None:
+    """Ack a batch only after it was processed and its outputs delivered.
+
+    Agents read with ``noack_take``: Faust's ``take_events`` acks its buffer in a
+    ``finally``, so a batch interrupted by shutdown or a rebalance would be
+    committed without having been processed, and lost.
+    """
+    for event in events:
+        await stream.ack(event)
 
 
 async def run_isolated(app: WorkerApp, stage: str, events: list[Any], process: Process) -> None:

@@ -20,7 +20,7 @@ from processors.join import JoinSlot, expire, process_event
 from processors.signals import DeadLetter, Signal
 from schemas import DecodeError
 from streams.dead_letters import dead_letter
-from streams.isolation import run_isolated
+from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 
 if TYPE_CHECKING:
@@ -157,10 +157,11 @@ def register(app: WorkerApp) -> None:
 
     @app.agent(app.events_topic, name="join")  # type: ignore[misc]
     async def join(stream: Any) -> None:
-        async for events in stream.take_events(
+        async for events in stream.noack_take(
             settings.batch_max_events, within=settings.batch_max_wait_s
         ):
             await run_isolated(app, STAGE, list(events), join_batch)
+            await ack_all(stream, events)
 
     ticks = 0
 

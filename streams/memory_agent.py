@@ -26,7 +26,7 @@ from processors.memory import MemoryCommand, Snapshot
 from processors.memory_ops import apply_command, empty_snapshot, next_snapshot
 from processors.signals import Signal
 from streams.dead_letters import dead_letter
-from streams.isolation import run_isolated
+from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 
 if TYPE_CHECKING:
@@ -265,5 +265,6 @@ def register(app: WorkerApp) -> None:
 
     @app.agent(app.memory_inputs, name="memory")  # type: ignore[misc]
     async def memory(stream: Any) -> None:
-        async for events in stream.take_events(100, within=settings.batch_max_wait_s):
+        async for events in stream.noack_take(100, within=settings.batch_max_wait_s):
             await run_isolated(app, STAGE, list(events), memory_batch)
+            await ack_all(stream, events)
