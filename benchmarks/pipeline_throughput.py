@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,14 +110,18 @@ def rss_mb(pid: int) -> float:
 
 
 def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
-               expected_events: int, workdir: Path) -> dict[str, float]:
+               expected_events: int, workdir: Path, profile: Path | None = None
+               ) -> dict[str, float]:
     port = free_port()
     env = {**os.environ, **env_extra, "LEARNLOOP_KAFKA_BOOTSTRAP": bootstrap,
            "LEARNLOOP_WORKER_WEB_PORT": str(port), "LEARNLOOP_LOG_FORMAT": "json",
            "LEARNLOOP_LOG_LEVEL": "warning", "LEARNLOOP_DATA_DIR": str(workdir)}
     log = (workdir / "worker.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "learnloop", "worker"], env=env,
-                               stdout=log, stderr=log)
+    command = [sys.executable, "-m", "learnloop", "worker"]
+    if profile is not None:  # sample the worker with py-spy (pip install py-spy)
+        command = ["py-spy", "record", "--format", "raw", "--rate", "50", "-o", str(profile),
+                   "--", *command]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/metrics"
     first = last = None
     peak_rss = 0.0
@@ -136,11 +141,15 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
                 first = now
             if aggregated >= expected_signals and joined >= expected_events:
                 last = now
+                (workdir.parent / "worker-metrics.txt").write_text(text)
                 break
             time.sleep(0.1)
     finally:
-        process.terminate()
-        process.wait(30)
+        process.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
         log.close()
     if first is None or last is None:
         raise SystemExit(f"worker did not finish; see {workdir / 'worker.log'}")
@@ -153,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, help="py-spy raw stacks of the worker here")
     args = parser.parse_args()
     events = make_events(args.events)
     signals = sum(len(resolve_groups(e["user_id"], e["team_id"], e["org_id"], {}, ()))
@@ -171,7 +181,8 @@ def main() -> None:
                                             len(events), decode=False))
         raw_decode = asyncio.run(raw_consume(broker.bootstrap, settings.topics.events,
                                              len(events), decode=True))
-        worker = run_worker(broker.bootstrap, env_extra, signals, len(events), Path(tmp))
+        worker = run_worker(broker.bootstrap, env_extra, signals, len(events), Path(tmp),
+                            args.profile)
     rows = [
         ("aiokafka produce (EventProducer, Avro, batched)", produce_rate),
         ("raw aiokafka consume, count only", raw_count),
