@@ -280,7 +280,7 @@ def test_derived_groups_from_metadata(stacks: dict[str, Stack]) -> None:
     [
         pytest.param(
             {"name": "by-path", "key": "path", "op": "regex", "value": ".*", "group": "path:x"},
-            ["derived_groups.0.op", "'regex'", "LEARNLOOP_DERIVED_GROUPS__0__OP"],
+            ["derived_groups.0.op", "rule by-path", "'regex'", "LEARNLOOP_DERIVED_GROUPS__0__OP"],
             id="unknown-operator",
         ),
         pytest.param(
