@@ -287,7 +287,7 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     if len(a) != len(b):
         raise ValueError(f"vectors of different lengths: {len(a)} and {len(b)}")
     # map(mul) is the same products summed in the same order as a generator, ~3x faster
-    dot = sum(map(operator.mul, a, b))
+    dot: float = sum(map(operator.mul, a, b))
     na = math.sqrt(sum(map(operator.mul, a, a)))
     nb = math.sqrt(sum(map(operator.mul, b, b)))
     if na == 0.0 or nb == 0.0:
