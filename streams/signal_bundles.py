@@ -45,12 +45,20 @@ def _group_partition(group: str, partitions: int) -> int:
 def bundle_records(app: WorkerApp, signals: Iterable[Signal]) -> list[Outgoing]:
     """The messages that carry ``signals``, in order within each partition."""
     partitions = partition_count(app, app.settings.topics.signals, app.settings.partitions)
+    return [
+        Outgoing(app.signals_topic, None, value, [], partition)
+        for partition, value in bundle(signals, partitions)
+    ]
+
+
+def bundle(signals: Iterable[Signal], partitions: int) -> list[tuple[int, bytes]]:
+    """``(partition, message value)`` pairs: each signal in its group's partition, in order."""
     by_partition: dict[int, list[bytes]] = {}
     for signal in signals:
         partition = _group_partition(signal["group"], partitions)
         by_partition.setdefault(partition, []).append(orjson.dumps(signal))
     return [
-        Outgoing(app.signals_topic, None, b'{"signals":[' + b",".join(chunk) + b"]}", [], partition)
+        (partition, b'{"signals":[' + b",".join(chunk) + b"]}")
         for partition, encoded in by_partition.items()
         for chunk in _chunks(encoded)
     ]
