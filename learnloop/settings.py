@@ -48,6 +48,7 @@ class TopicNames(BaseModel):
     commands: str = "learnloop.memory-commands"
     versions: str = "learnloop.memory-versions"
     results: str = "learnloop.memory-results"
+    judge_requests: str = "learnloop.judge-requests"
 
 
 Scope = Literal["ingest", "read", "admin"]
@@ -87,6 +88,22 @@ class LLMSettings(BaseModel):
     price_per_1k_prompt: float = Field(default=0.0, ge=0)
     price_per_1k_completion: float = Field(default=0.0, ge=0)
     prompt_version: str = "v1"
+
+
+class JudgeSettings(BaseModel):
+    """The optional LLM judge of interactions nobody gave feedback on (needs ``llm``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample_rate: float = Field(default=0.0, ge=0, le=1, description="0 turns the judge off")
+    after_s: float = Field(
+        default=600.0, ge=0, description="how long an interaction waits for feedback first"
+    )
+    seed: str = ""
+    batch_size: int = Field(default=10, ge=1, le=100, description="interactions per LLM call")
+    min_confidence: float = Field(default=0.7, ge=0, le=1)
+    timeout_s: float = Field(default=60.0, gt=0, description="bound on serving one batch")
+    max_retry_delay_s: float = Field(default=300.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -156,6 +173,7 @@ class Settings(BaseSettings):
     policy: LearningPolicy = LearningPolicy()
     synthesizer: Literal["offline", "llm"] = "offline"
     llm: LLMSettings | None = None
+    judge: JudgeSettings = JudgeSettings()
     derived_groups: tuple[DerivedGroupRule, ...] = ()
     max_event_bytes: int = Field(default=1_048_576, ge=1024)
     max_items_per_group: int = Field(default=50, ge=1)
@@ -190,7 +208,14 @@ class Settings(BaseSettings):
     def _llm_configured(self) -> Settings:
         if self.synthesizer == "llm" and self.llm is None:
             raise ValueError("synthesizer 'llm' needs the llm settings (base_url, model)")
+        if self.judge.sample_rate > 0 and self.llm is None:
+            raise ValueError("judge.sample_rate > 0 needs the llm settings (base_url, model)")
         return self
+
+    @property
+    def judge_enabled(self) -> bool:
+        """The judge runs only with an LLM configured and a sample rate above 0."""
+        return self.llm is not None and self.judge.sample_rate > 0
 
     @property
     def auth_enabled(self) -> bool:

@@ -5,6 +5,7 @@ Data flow (topic -> agent -> topic)::
     events (key: interaction id) --join--> signals (key: group) --aggregate--> triggers
     triggers + memory-commands (key: group) --memory--> memory-versions, memory-results
     memory --(synthesis done, forget user)--> signals
+    join --(sampled interaction nobody rated)--> judge-requests --judge--> events
     anything undecodable or failing --> dead letters
 
 The agents are thin: decode, call a processor, send outputs, write the table.
@@ -26,6 +27,7 @@ from processors.aggregate import AggregateLimits
 from processors.consolidate import Change, ConsolidationConfig, consolidate
 from processors.embedding import HashingEmbedder
 from processors.join import JoinConfig
+from processors.judging import JudgeConfig
 from processors.memory import MemoryItem
 from processors.synthesis import Synthesizer
 from processors.synthesis.offline import OfflineSynthesizer
@@ -50,6 +52,8 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     versions_topic: faust.TopicT
     results_topic: faust.TopicT
     memory_inputs: faust.TopicT
+    judge_requests_topic: faust.TopicT
+    judge_client: Any
     join_slots: ExplicitPartitionTable
     group_state: ExplicitPartitionTable
     memory: ExplicitPartitionTable
@@ -61,6 +65,8 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     ready: asyncio.Event
     #: join-slot keys known to hold feedback waiting for its interaction
     pending_slots: set[str]
+    #: join-slot key -> when its interaction is due for the judge (if nobody rates it)
+    judge_slots: dict[str, int]
 
 
 def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable:
@@ -147,6 +153,11 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
         orphan_feedback=settings.orphan_feedback,
         max_seen=settings.max_seen_ids_per_interaction,
         max_pending=settings.max_pending_per_interaction,
+        judge=JudgeConfig(
+            sample_rate=settings.judge.sample_rate if settings.judge_enabled else 0.0,
+            after_ms=int(settings.judge.after_s * 1000),
+            seed=settings.judge.seed,
+        ),
     )
     app.aggregate_limits = AggregateLimits()
     names = settings.topics
@@ -161,6 +172,9 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     )
     app.results_topic = app.topic(names.results, partitions=1, **raw)
     app.memory_inputs = app.topic(names.triggers, names.commands, **raw)
+    app.judge_requests_topic = app.topic(
+        names.judge_requests, partitions=settings.partitions, **raw
+    )
     app.join_slots = _table(app, "join-slots", settings.partitions)
     app.group_state = _table(app, "group-state", settings.partitions)
     app.memory = _table(app, "memory", settings.partitions)
@@ -181,6 +195,7 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.consolidate = consolidate_items
     app.ready = asyncio.Event()
     app.pending_slots = set()
+    app.judge_slots = {}
 
     from streams import aggregate_agent, join_agent, lag, memory_agent, web
 
@@ -188,5 +203,9 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     join_agent.register(app)
     aggregate_agent.register(app)
     memory_agent.register(app)
+    if settings.judge_enabled:
+        from streams import judge_agent
+
+        judge_agent.register(app)
     web.register(app)
     return app
