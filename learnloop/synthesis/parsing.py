@@ -349,6 +349,8 @@ def evidence_view(
             view["rating"] = int(payload["value"])
         elif payload.get("score") is not None and payload.get("scale"):
             view["rating"] = f"{payload['score']}/{payload['scale']}"
+        if payload.get("derived_by"):
+            view["derived_by"] = str(payload["derived_by"])  # a machine's guess, not a person's
     elif kind == "engagement":
         view["engagement"] = str(payload.get("kind"))
         view["value"] = payload.get("value")

@@ -6,8 +6,9 @@ From one trigger's evidence it proposes:
   only with enough distinct users and capped support (the scope's policy), worded
   as the cluster's most central explanation with the conversational frame removed;
 - ``correction`` (and, for a clear substitution, a ``rule``): from each edit's diff;
-- ``preferred_example`` / ``avoided_example``: from ratings, and from engagement
-  (weighted 0.3 of a rating, believed only with 3 or more signals on one response);
+- ``preferred_example`` / ``avoided_example``: from ratings, and from implicit signals
+  (engagement and the LLM judge's derived ratings: weighted 0.3 of a person's rating,
+  believed only with 3 or more signals on one response; ``processors/ratings.py``);
 - ``tool_rule``: from tools whose failure rate is over the policy's threshold.
 
 Every text is redacted first and checked for injection; feedback is data, never an
@@ -28,6 +29,7 @@ from processors.aggregate import Trigger
 from processors.embedding import Embedder, cosine, normalise
 from processors.memory import ItemKind, MemoryItem
 from processors.policy import ScopePolicy
+from processors.ratings import IMPLICIT_WEIGHT, MIN_IMPLICIT_SIGNALS, is_derived, is_implicit
 from processors.redact import redactor
 from processors.synthesis.base import (
     KIND_ORDER,
@@ -43,8 +45,8 @@ from processors.synthesis.diff import describe_edit
 from processors.synthesis.guard import injection_reason
 from processors.synthesis.text import contradiction, rule_key, to_imperative
 
-ENGAGEMENT_WEIGHT: Final = 0.3
-MIN_ENGAGEMENT_SIGNALS: Final = 3
+ENGAGEMENT_WEIGHT: Final = IMPLICIT_WEIGHT
+MIN_ENGAGEMENT_SIGNALS: Final = MIN_IMPLICIT_SIGNALS
 SHORT_DWELL_MS: Final = 5_000
 GOOD_SCORE: Final = 0.8
 POOR_SCORE: Final = 0.4
@@ -348,14 +350,14 @@ class OfflineSynthesizer:
                 skipped.append(skip(ev, "possible_injection", reason))
                 continue
             key = _digest(query, response)
-            votes.setdefault(key, []).append((ev, polarity, ev.get("type") == "rating"))
+            votes.setdefault(key, []).append((ev, polarity, not is_implicit(ev)))
             texts.setdefault(key, (query, response))
         items: list[MemoryItem] = []
         for key, group in votes.items():
             implicit = [v for v in group if not v[2]]
             believed = len(implicit) >= MIN_ENGAGEMENT_SIGNALS
             if not believed:
-                detail = f"{len(implicit)} engagement signal(s); needs {MIN_ENGAGEMENT_SIGNALS}"
+                detail = f"{len(implicit)} implicit signal(s); needs {MIN_ENGAGEMENT_SIGNALS}"
                 skipped += [skip(ev, "engagement_not_aggregated", detail) for ev, _, _ in implicit]
             counted = [v for v in group if v[2] or believed]
             score = sum(p * (1.0 if explicit else ENGAGEMENT_WEIGHT) for _, p, explicit in counted)
@@ -371,7 +373,12 @@ class OfflineSynthesizer:
             about = f" to '{_short(query)}'" if query else ""
             text = f"{label} answer{about}: '{_short(response)}'"
             evs = [ev for ev, _, _ in agreeing]
-            derived = "rating" if any(explicit for _, _, explicit in agreeing) else "engagement"
+            if any(explicit for _, _, explicit in agreeing):
+                derived = "rating"
+            elif any(is_derived(ev.get("payload")) for ev, _, _ in agreeing):
+                derived = "llm_judge"
+            else:
+                derived = "engagement"
             item = new_item(
                 trigger,
                 kind,

@@ -123,6 +123,8 @@ def test_unrated_interaction_is_judged_after_an_outage_rated_one_is_not(
     assert all("the unrated answer" in s for s in sent)
     assert not any("the rated answer" in s for s in sent)
     assert state["counts"]["interaction"] == 2
+    assert state["up"] == 0 and state["down"] == 1  # people's counts: only r2
+    assert state["derived_up"] == 1  # the judge's, counted apart
     events = asyncio.run(
         _events(stack_env["LEARNLOOP_KAFKA_BOOTSTRAP"], stack_env["LEARNLOOP_TOPICS__EVENTS"], 4)
     )
