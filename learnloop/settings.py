@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     cluster_threshold: float = Field(default=0.35, gt=0, lt=1)
     merge_threshold: float = Field(default=0.75, gt=0, lt=1)
     decay_half_life_s: float = Field(default=30 * 86400, gt=0)
+    decay_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often each worker checks its groups for decay"
+    )
     redact_patterns: tuple[str, ...] = ()
     max_text_chars: int = Field(default=65_536, ge=16)
 

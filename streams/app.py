@@ -58,6 +58,7 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     group_state: ExplicitPartitionTable
     memory: ExplicitPartitionTable
     synthesizer: Synthesizer
+    consolidation_config: ConsolidationConfig
     consolidate: Callable[
         [list[MemoryItem], list[MemoryItem], int], tuple[list[MemoryItem], list[Change]]
     ]
@@ -193,16 +194,18 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
         return consolidate(current, candidates, now, config, embedder)
 
     app.consolidate = consolidate_items
+    app.consolidation_config = config
     app.ready = asyncio.Event()
     app.pending_slots = set()
     app.judge_slots = {}
 
-    from streams import aggregate_agent, join_agent, lag, memory_agent, web
+    from streams import aggregate_agent, decay_timer, join_agent, lag, memory_agent, web
 
     lag.register(app)
     join_agent.register(app)
     aggregate_agent.register(app)
     memory_agent.register(app)
+    decay_timer.register(app)
     if settings.judge_enabled:
         from streams import judge_agent
 

@@ -167,7 +167,13 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
             }
         else:
             command: MemoryCommand = value
-            new, rejection = apply_command(current, command, now, value.get("rollback_items"))
+            new, rejection = apply_command(
+                current,
+                command,
+                now,
+                value.get("rollback_items"),
+                decay_config=app.consolidation_config,
+            )
             if rejection is not None:
                 snapshot = current
                 result = {
