@@ -17,7 +17,7 @@ from typing import Any, NotRequired, TypedDict
 
 from processors.groups import scope_of
 from processors.policy import ScopePolicy
-from processors.ratings import believed_weight, is_derived
+from processors.ratings import believed_weight, is_derived, polarity, rating_fraction
 from processors.signals import Signal
 from processors.sketch import add as sketch_add
 from processors.sketch import estimate, new_sketch
@@ -225,11 +225,12 @@ def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
             len(state["contributors"]), estimate(state["contributors_sketch"])
         )
     if kind == "rating":
-        value = payload.get("value")
-        if value is None and payload.get("score") is not None and payload.get("scale"):
-            state["score_sum"] += float(payload["score"]) / float(payload["scale"])
-            state["score_n"] += 1
-            value = 1 if payload["score"] / payload["scale"] >= 0.6 else -1
+        if payload.get("value") is None:
+            fraction = rating_fraction(None, payload.get("score"), payload.get("scale"))
+            if fraction is not None:
+                state["score_sum"] += fraction
+                state["score_n"] += 1
+        value = polarity("rating", payload)  # neutral scores count in neither direction
         if is_derived(payload):
             # a machine's guess: never in people's counts or the down-vote rate
             if value == 1:

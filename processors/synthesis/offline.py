@@ -29,7 +29,13 @@ from processors.aggregate import Trigger
 from processors.embedding import Embedder, cosine, normalise
 from processors.memory import ItemKind, MemoryItem
 from processors.policy import ScopePolicy
-from processors.ratings import IMPLICIT_WEIGHT, MIN_IMPLICIT_SIGNALS, is_derived, is_implicit
+from processors.ratings import (
+    IMPLICIT_WEIGHT,
+    MIN_IMPLICIT_SIGNALS,
+    is_derived,
+    is_implicit,
+    polarity,
+)
 from processors.redact import redactor
 from processors.synthesis.base import (
     KIND_ORDER,
@@ -47,9 +53,6 @@ from processors.synthesis.text import contradiction, rule_key, to_imperative
 
 ENGAGEMENT_WEIGHT: Final = IMPLICIT_WEIGHT
 MIN_ENGAGEMENT_SIGNALS: Final = MIN_IMPLICIT_SIGNALS
-SHORT_DWELL_MS: Final = 5_000
-GOOD_SCORE: Final = 0.8
-POOR_SCORE: Final = 0.4
 _TOOL_NAME_RE: Final = re.compile(r"[^A-Za-z0-9_.:\-]")
 
 Evidence = dict[str, Any]
@@ -492,28 +495,8 @@ def _strongest_of_contradictions(
 
 def _polarity(ev: Evidence) -> int | str:
     """+1 for, -1 against, or the reason a rating or engagement says neither."""
-    payload = ev.get("payload") or {}
-    if ev.get("type") == "rating":
-        value = payload.get("value")
-        if value in (1, -1):
-            return int(value)
-        score, scale = payload.get("score"), payload.get("scale")
-        if isinstance(score, int | float) and isinstance(scale, int | float) and scale > 0:
-            fraction = float(score) / float(scale)
-            if fraction >= GOOD_SCORE:
-                return 1
-            if fraction <= POOR_SCORE:
-                return -1
-            return "neutral_rating"
-        return "malformed"
-    kind, value = payload.get("kind"), payload.get("value")
-    if kind in ("conversion", "copy"):
-        return 1
-    if kind == "abandon":
-        return -1
-    if kind == "dwell_ms" and isinstance(value, int | float) and value < SHORT_DWELL_MS:
-        return -1
-    return "uninformative_engagement"
+    kind = "rating" if ev.get("type") == "rating" else "engagement"
+    return polarity(kind, ev.get("payload"))
 
 
 def _tool_rule_text(
