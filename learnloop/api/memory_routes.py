@@ -314,7 +314,7 @@ async def _examples(
     current_groups = [g for g in snapshots if g not in pins]
     if current_groups:
         hits = await services.memory.store.search(
-            "memory",
+            services.memory.collection,
             vector,
             limit=12,
             where={"group": current_groups, "kind": list(EXAMPLE_KINDS), "status": "active"},
