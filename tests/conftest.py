@@ -94,12 +94,15 @@ class WorkerProcess:
             f"worker not ready in {timeout_s} s: {self.log_path.read_text()[-3000:]}"
         )
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples, only those with ``labels`` if given."""
         text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith(name + "{") or line.startswith(name + " ")
+            if (line.startswith(name + "{") or line.startswith(name + " "))
+            and all(label in line for label in wanted)
         )
 
     def kill(self) -> None:
