@@ -189,7 +189,11 @@ def worker(config: ConfigOption = None) -> None:
     from streams.run import run_worker
 
     settings = _settings(config)
-    run_worker(settings, _require_bootstrap(settings, "worker"))
+    try:
+        run_worker(settings, _require_bootstrap(settings, "worker"))
+    except LearnloopError as exc:  # the broker did not answer while creating topics
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command()
