@@ -42,6 +42,7 @@ def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
             store,
             make_embedder(settings.embedder),
         ),
+        bootstrap=bootstrap,
     )
     app = create_api(settings, services)
     config = uvicorn.Config(

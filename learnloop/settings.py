@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=2000, ge=1)
     batch_max_wait_s: float = Field(default=0.2, gt=0)
     external_timeout_s: float = Field(default=10.0, gt=0)
+    shutdown_drain_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="on SIGTERM, how long to wait for batches in progress before committing; "
+        "keep it below the pod's terminationGracePeriodSeconds",
+    )
 
     # --- join and dedupe
     join_wait_s: float = Field(default=30.0, ge=0, description="how long feedback waits")

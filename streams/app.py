@@ -21,6 +21,7 @@ import faust
 import structlog
 from mode.utils.times import Seconds
 
+from learnloop import metrics
 from learnloop.codec import make_codec
 from learnloop.embeddings import make_embedder
 from learnloop.settings import Settings
@@ -33,6 +34,7 @@ from processors.memory import MemoryItem
 from processors.synthesis import Synthesizer
 from processors.synthesis.offline import OfflineSynthesizer
 from schemas import EventCodec
+from streams.draining import InFlight
 from streams.tables import ExplicitPartitionTable
 
 log = structlog.get_logger(__name__)
@@ -70,6 +72,36 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     pending_slots: set[str]
     #: join-slot key -> when its interaction is due for the judge (if nobody rates it)
     judge_slots: dict[str, int]
+    #: micro-batches taken and not yet acked (see streams/draining.py)
+    in_flight: InFlight
+    stopping: bool = False
+
+    async def on_stop(self) -> None:
+        self.stopping = True
+        await super().on_stop()
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        """Faust's hook after the partitions are paused: at shutdown, drain and commit.
+
+        Faust calls it on a rebalance too, where we do nothing: its own
+        ``wait_empty`` is off (``stream_wait_empty=False``) because it can wait
+        forever on messages cleared from the agents' buffers (Faust #402).
+        """
+        if not self.stopping:
+            return
+        timeout_s = self.settings.shutdown_drain_s
+        drained = await self.in_flight.wait_idle(timeout_s)
+        try:
+            committed = bool(await asyncio.wait_for(consumer.commit(), timeout_s))
+        except TimeoutError:
+            committed = None  # unknown: the periodic commit may still have made it
+        log.info(
+            "worker drained",
+            drained=drained,
+            batches_cut=self.in_flight.count,
+            new_offsets_committed=committed,
+            processed=metrics.events_in_by_stage(),
+        )
 
 
 def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable:
@@ -201,6 +233,7 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.ready = asyncio.Event()
     app.pending_slots = set()
     app.judge_slots = {}
+    app.in_flight = InFlight()
 
     from streams import aggregate_agent, decay_timer, join_agent, lag, memory_agent, web
 

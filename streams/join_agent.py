@@ -24,6 +24,7 @@ from schemas import DecodeError
 from streams.dead_letters import dead_letter
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
+from streams.partitioning import default_partition, partition_count
 
 if TYPE_CHECKING:
     from streams.app import WorkerApp
@@ -70,6 +71,7 @@ async def join_batch(app: WorkerApp, events: list[Any]) -> None:
     table = app.join_slots
     touched: dict[str, tuple[int, JoinSlot]] = {}
     out: list[Outgoing] = []
+    partitions = partition_count(app, app.settings.topics.events, app.settings.partitions)
     for event in events:
         message = event.message
         source = (message.topic, message.partition, message.offset)
@@ -92,9 +94,13 @@ async def join_batch(app: WorkerApp, events: list[Any]) -> None:
             continue
         metrics.EVENTS_IN.labels(STAGE, record["type"]).inc()
         slot_key = record["interaction_id"] or record["event_id"]
-        if message.key != slot_key.encode():
-            # not co-partitioned with its interaction: send it to the right partition
-            out.append(Outgoing(app.events_topic, slot_key.encode(), message.value))
+        key = slot_key.encode()
+        home = default_partition(key, partitions)
+        if message.key != key or message.partition != home:
+            # not co-partitioned with its interaction (wrong key, or a producer that
+            # chose the partition itself): forward it; the slot dedupes a re-forward
+            out.append(Outgoing(app.events_topic, key, message.value, partition=home))
+            metrics.EVENTS_OUT.labels(STAGE, "forwarded").inc()
             continue
         current = touched.get(slot_key)
         slot = current[1] if current else _load(table, slot_key)
@@ -192,8 +198,9 @@ def register(app: WorkerApp) -> None:
         async for events in stream.noack_take(
             settings.batch_max_events, within=settings.batch_max_wait_s
         ):
-            await run_isolated(app, STAGE, list(events), join_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), join_batch)
+                await ack_all(stream, events)
 
     ticks = 0
 

@@ -159,7 +159,7 @@ async def judge_batch(app: WorkerApp, events: list[Any]) -> None:
     for served, deferred_out in await asyncio.gather(*(_serve(app, c, now) for c in chunks)):
         out += served
         later += deferred_out
-    if later and not ready:
+    if later and not ready and not app.stopping:
         # only requests that are not due yet: wait (bounded) instead of re-sending in a loop
         await asyncio.sleep(max(DEFERRED_PAUSE_S, min(MAX_WAIT_S, (earliest - now) / 1000)))
     await deliver(STAGE, out + later, app.settings.external_timeout_s)
@@ -175,5 +175,6 @@ def register(app: WorkerApp) -> None:
     @app.agent(app.judge_requests_topic, name="judge")  # type: ignore[misc]
     async def judge_requests(stream: Any) -> None:
         async for events in stream.noack_take(MAX_BATCH, within=settings.batch_max_wait_s):
-            await run_isolated(app, STAGE, list(events), judge_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), judge_batch)
+                await ack_all(stream, events)

@@ -291,5 +291,6 @@ def register(app: WorkerApp) -> None:
     @app.agent(app.memory_inputs, name="memory")  # type: ignore[misc]
     async def memory(stream: Any) -> None:
         async for events in stream.noack_take(100, within=settings.batch_max_wait_s):
-            await run_isolated(app, STAGE, list(events), memory_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), memory_batch)
+                await ack_all(stream, events)

@@ -26,7 +26,7 @@ from hashlib import blake2b
 from typing import Any, Final
 
 from processors.aggregate import Trigger
-from processors.embedding import Embedder, cosine, normalise
+from processors.embedding import Embedder, cosine_matrix, normalise
 from processors.memory import ItemKind, MemoryItem
 from processors.policy import ScopePolicy
 from processors.ratings import (
@@ -202,7 +202,7 @@ class OfflineSynthesizer:
             return []
         rules = [rule for _, rule in entries]
         vectors = self.embedder.embed(rules)
-        sims = [[cosine(u, v) for v in vectors] for u in vectors]
+        sims = cosine_matrix(vectors)
         proposals: list[tuple[MemoryItem, list[Evidence]]] = []
         for members in cluster(sims, rules, self.cluster_threshold):
             group = [entries[i][0] for i in members]
