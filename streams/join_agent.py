@@ -3,8 +3,9 @@
 Per micro-batch: decode each event (bad ones become dead letters), re-route
 events whose Kafka key is not their interaction id, fold each into its
 interaction's slot, deliver signals and dead letters, then write each touched
-slot once. A timer releases feedback that waited too long for its interaction
-and drops slots past their retention.
+slot once. A timer releases feedback that waited too long for its interaction,
+asks the judge about sampled interactions nobody gave feedback on (when the judge
+is on), and drops slots past their retention.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import orjson
 import structlog
 
 from learnloop import metrics
-from processors.join import JoinSlot, expire, process_event
+from processors.join import JoinSlot, expire, expire_judging, judging_due, process_event
+from processors.judging import JudgeRequest
 from processors.signals import DeadLetter, Signal
 from schemas import DecodeError
 from streams.dead_letters import dead_letter
@@ -35,6 +37,16 @@ SWEEP_EVERY = 60
 def _signal_out(app: WorkerApp, signal: Signal) -> Outgoing:
     return Outgoing(
         topic=app.signals_topic, key=signal["group"].encode(), value=orjson.dumps(signal)
+    )
+
+
+def _judge_out(app: WorkerApp, request: JudgeRequest, partition: int) -> Outgoing:
+    # same key and partition count as the events topic: the request stays with its slot
+    return Outgoing(
+        topic=app.judge_requests_topic,
+        key=request["interaction_id"].encode(),
+        value=orjson.dumps(request),
+        partition=partition,
     )
 
 
@@ -101,6 +113,11 @@ async def join_batch(app: WorkerApp, events: list[Any]) -> None:
         touched[slot_key] = (message.partition, slot)
         if slot["pending"]:
             app.pending_slots.add(slot_key)
+        candidate = slot.get("judge")
+        if candidate is not None:
+            app.judge_slots[slot_key] = candidate["due_ms"]
+        else:
+            app.judge_slots.pop(slot_key, None)
         out.extend(_signal_out(app, s) for s in signals)
         out.extend(_dead_out(app, d, source) for d in dead)
     await deliver(STAGE, out, app.settings.external_timeout_s)
@@ -131,8 +148,14 @@ async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
     }
     out: list[Outgoing] = []
     writes: list[tuple[str, int, JoinSlot | None]] = []
-    keys = list(table.data.keys()) if full_sweep else list(app.pending_slots)
+    due = [key for key, due_ms in app.judge_slots.items() if due_ms <= now]
+    if full_sweep:
+        keys = list(table.data.keys())
+    else:
+        keys = list(dict.fromkeys([*app.pending_slots, *due]))
     app.pending_slots.clear()
+    for key in due:
+        del app.judge_slots[key]
     for key in keys:
         stored = table.data.get(key)
         if stored is None:
@@ -140,8 +163,17 @@ async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
         partition, slot = stored
         if partition not in assigned:
             continue
-        if not slot["pending"] and now - slot["touched_ms"] < app.join_config.retention_ms:
+        judge_now = judging_due(slot, now)
+        if (
+            not slot["pending"]
+            and not judge_now
+            and now - slot["touched_ms"] < app.join_config.retention_ms
+        ):
+            if slot.get("judge") is not None:  # found by a sweep after a restart
+                app.judge_slots[key] = slot["judge"]["due_ms"]  # type: ignore[index]
             continue
+        slot, requests = expire_judging(slot, now)
+        out.extend(_judge_out(app, r, partition) for r in requests)
         new_slot, signals, dead = expire(slot, now, app.join_config)
         out.extend(_signal_out(app, s) for s in signals)
         out.extend(_dead_out(app, d, (app.settings.topics.events, partition, -1)) for d in dead)
