@@ -459,7 +459,7 @@ def _group_order(group: str) -> tuple[int, str]:
 
 def _totals(groups: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for scope in ("user", "team", "org", "all"):
+    for scope in ("user", "team", "org", "global", "all"):
         chosen = [g for g in groups if scope in ("all", g["scope"])]
         expected = sum(len(g["expected"]) for g in chosen)
         learned = sum(len(g["learned"]) for g in chosen)

@@ -92,7 +92,7 @@ class Truth:
 
 
 def _groups_of(user: str, team: str, org: str) -> list[str]:
-    return [f"user:{user}", f"team:{team}", f"org:{org}"]
+    return [f"user:{user}", f"team:{team}", f"org:{org}", "global"]
 
 
 def _supported(per_user: Counter[str], policy: ScopePolicy) -> tuple[float, int]:

@@ -159,8 +159,13 @@ class _Round:
         if not team.tools or rng.random() >= self.s.feedback.tool_use:
             return [], None
         tool = rng.choice(team.tools)
-        failed = rng.random() < tool.failure_rate
-        return [self._call(tool, failed)], tool if failed else None
+        calls: list[dict[str, Any]] = []
+        for _ in range(1 + tool.retries):  # agents retry a failing call a few times
+            failed = rng.random() < tool.failure_rate
+            calls.append(self._call(tool, failed))
+            if not failed:
+                break
+        return calls, tool if any(c["status"] != "ok" for c in calls) else None
 
     def _call(self, tool: Tool, failed_now: bool) -> dict[str, Any]:
         rng = self.rng

@@ -71,6 +71,7 @@ class Tool(Strict):
     failure_rate: float = Field(ge=0, le=1)
     status: str = Field(default="error", pattern=r"^(error|timeout)$")
     error: str = ""
+    retries: int = Field(default=2, ge=0, le=5, description="the agent retries a failed call")
     match: Match
 
 
