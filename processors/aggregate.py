@@ -62,6 +62,9 @@ class GroupState(TypedDict):
     contributors_sketch: list[int]
     distinct_contributors: int
     evidence: list[dict[str, Any]]
+    # evidence a synthesis left for later (a cluster below the scope's policy); it counts
+    # again only together with fresh evidence, so a wide group accumulates support
+    deferred: NotRequired[list[str]]
     rated: list[dict[str, Any]]
     windows: list[list[int]]
     last_event_ms: int
@@ -190,8 +193,10 @@ def _control(state: GroupState, signal: Signal) -> None:
             state["in_flight"] = None
         state["last_synthesis_ms"] = signal["timestamp"]
         state["memory_version"] = max(state["memory_version"], int(payload.get("version", 0)))
-        used = set(payload.get("evidence_ids", ()))
+        kept = set(payload.get("deferred_ids", ()))
+        used = set(payload.get("evidence_ids", ())) - kept
         state["evidence"] = [e for e in state["evidence"] if e["event_id"] not in used]
+        state["deferred"] = [e["event_id"] for e in state["evidence"] if e["event_id"] in kept]
         state["rated"] = [e for e in state["rated"] if e["event_id"] not in used]
     elif signal["type"] == FORGET_USER:
         user = payload.get("user_id")
@@ -316,7 +321,11 @@ def decide_trigger(
     if not state["evidence"] and not state["rated"]:
         return None
     support, users = weighted_support(state["evidence"], policy)
-    if support >= policy.min_evidence and users >= policy.min_users:
+    deferred = set(state.get("deferred", ()))
+    fresh = any(
+        e["type"] in EVIDENCE_TYPES and e["event_id"] not in deferred for e in state["evidence"]
+    )
+    if fresh and support >= policy.min_evidence and users >= policy.min_users:
         return "evidence"
     # engagement and derived ratings weigh less and count only in aggregate
     rated_weight, raters = believed_weight(state["rated"])
@@ -326,7 +335,12 @@ def decide_trigger(
         return "downvote_rate_jump"
     failing = _failing_tool(state, policy)
     negatives = [e for e in state["evidence"] if e["flags"]]
-    if failing is not None and len({e["user_id"] for e in negatives}) >= policy.min_users:
+    fresh_negative = any(e["event_id"] not in deferred for e in negatives)
+    if (
+        failing is not None
+        and fresh_negative
+        and len({e["user_id"] for e in negatives}) >= policy.min_users
+    ):
         return f"tool_failure_rate:{failing}"
     since = state["last_synthesis_ms"]
     if since is not None and now_ms - since >= policy.max_staleness_s * 1000 and users:

@@ -38,6 +38,10 @@ STAGE = "memory"
 DEFERRED_PAUSE_S = 0.5
 MAX_RETRY_DELAY_S = 300.0
 MAX_REMEMBERED_INPUTS = 64
+# evidence below the scope's policy stays in the group's state to meet later evidence
+DEFERRABLE = frozenset(
+    {"insufficient_support", "substitution_below_policy", "tool_failures_below_policy"}
+)
 
 
 def version_key(group: str, version: int) -> bytes:
@@ -64,8 +68,11 @@ def _control_signal(group: str, kind: str, key: str, payload: dict[str, Any], no
     }
 
 
-async def _synthesize(app: WorkerApp, current: Snapshot, trigger: Trigger, now: int) -> Snapshot:
-    """Candidates from the synthesizer, consolidated into the next version.
+async def _synthesize(
+    app: WorkerApp, current: Snapshot, trigger: Trigger, now: int
+) -> tuple[Snapshot, list[str]]:
+    """Candidates from the synthesizer, consolidated into the next version, and the ids of
+    evidence left for later (below the scope's policy now, it may meet support later).
 
     The LLM synthesizer is async and bounded by its own total time budget; the
     extra margin here makes sure no await in the agent loop is unbounded.
@@ -101,7 +108,8 @@ async def _synthesize(app: WorkerApp, current: Snapshot, trigger: Trigger, now: 
         skipped=len(result["skipped"]),
         changes=len(changes),
     )
-    return next_snapshot(current, items, f"synthesis:{trigger['reason']}", now)
+    deferred = sorted({s["event_id"] for s in result["skipped"] if s["reason"] in DEFERRABLE})
+    return next_snapshot(current, items, f"synthesis:{trigger['reason']}", now), deferred
 
 
 async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
@@ -151,7 +159,7 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
                 )
                 continue
             try:
-                snapshot = await _synthesize(app, current, trigger, now)
+                snapshot, deferred_ids = await _synthesize(app, current, trigger, now)
             except (SynthesisUnavailable, TimeoutError) as exc:
                 deferred.append(_retry_later(app, value, exc, now, message.partition))
                 continue
@@ -167,6 +175,7 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
                             "trigger_id": trigger["trigger_id"],
                             "version": snapshot["version"],
                             "evidence_ids": evidence_ids,
+                            "deferred_ids": deferred_ids,
                         },
                         now,
                     ),
