@@ -96,6 +96,11 @@ CONTEXT_ITEMS = Histogram(
     "Items returned per context request",
     buckets=(0, 1, 2, 5, 10, 20, 50),
 )
+CONTEXT_PREFIX_CACHE = Counter(
+    "learnloop_context_prefix_cache_total",
+    "Context requests whose prefix came from the cache (hit) or was assembled (miss)",
+    ["result"],
+)
 CONTEXT_TOKENS = Histogram(
     "learnloop_context_tokens",
     "Estimated tokens per context returned",

@@ -115,6 +115,11 @@ class GroupView:
             or any(e.get("user_id") == user_id for e in state.get("evidence", ()))
         )
 
+    def owner(self, group: str) -> str | None:
+        """The org that owns ``group`` (None: unclaimed or unknown); cheap, for every request."""
+        state = self._groups.get(group)
+        return None if state is None else state.get("org")
+
     def stats(self, group: str) -> dict[str, Any] | None:
         state = self._groups.get(group)
         return None if state is None else stats_view(state)

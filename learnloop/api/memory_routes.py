@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query
+from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from learnloop import metrics
 from learnloop.api.auth import Caller, CallerDep
+from learnloop.api.context_cache import PrefixCache
 from learnloop.api.problems import Problem
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
-from processors.context import EXAMPLE_KINDS, assemble, order_groups
+from processors.context import EXAMPLE_KINDS, attach_examples, order_groups
 from processors.embedding import cosine
 from processors.groups import resolve_groups
 from processors.memory import MemoryItem, Snapshot
@@ -49,6 +51,32 @@ class ContextRequest(BaseModel):
     pin: dict[str, int] = Field(default_factory=dict)
 
 
+class ContextItemOut(BaseModel):
+    """One rule in the prefix, with the id and version it came from."""
+
+    item_id: str
+    group: str
+    kind: str
+    text: str
+    version: int
+    tokens: int
+
+
+class ContextAnswer(BaseModel):
+    """What ``POST /v1/context`` answers (documentation; the handler writes JSON directly)."""
+
+    prefix: str = Field(description="rules in a stable order; byte-identical per versions used")
+    examples: list[dict[str, Any]] = Field(description="examples retrieved for the query")
+    versions: dict[str, int] = Field(description="memory version used per group")
+    items: list[ContextItemOut] = Field(description="the rules in the prefix, in order")
+    dropped: list[dict[str, str]] = Field(
+        description="rules left out: overridden by a narrower group's rule, or over budget"
+    )
+    tokens: int = Field(description="estimated tokens of the prefix and examples")
+    groups: list[str] = Field(description="groups whose memory was used, narrowest first")
+    hidden: list[dict[str, str]] = Field(description="groups asked for but not visible")
+
+
 class ItemPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,8 +96,7 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
     memory = services.memory
 
     def owner(group: str) -> str | None:
-        stats = services.groups.stats(group)
-        return stats.get("org") if stats else None
+        return services.groups.owner(group)
 
     def readable(who: Caller, group: str) -> None:
         who.require("read")
@@ -240,9 +267,20 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
             results.append({"group": group, **outcome, "retired_items": retired})
         return {"user_id": user_id, "groups": results}
 
-    @router.post("/context", tags=["context"])
-    async def context(body: ContextRequest, who: CallerDep) -> dict[str, Any]:
-        """The learned context for a caller and a query: a cacheable prefix, examples, ids."""
+    prefixes = PrefixCache(settings.context_cache_entries, _conflicts)
+
+    @router.post(
+        "/context",
+        tags=["context"],
+        response_class=ORJSONResponse,
+        responses={200: {"model": ContextAnswer, "description": "The caller's context"}},
+    )
+    async def context(body: ContextRequest, who: CallerDep) -> ORJSONResponse:
+        """The learned context for a caller and a query: a cacheable prefix, examples, ids.
+
+        Rules of narrower groups override the wider rules they contradict; those are
+        left out of the prefix and listed in ``dropped`` with the rule that won.
+        """
         who.require("read")
         if who.tenant != "*" and body.org_id not in (None, who.tenant):
             raise Problem(403, "forbidden", f"this key is bound to org {who.tenant!r}")
@@ -273,11 +311,14 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
                     )
                 continue
             snapshots[group] = snapshot
+        # Only what this caller may read is in `snapshots`, so the cache key (taken
+        # from it) cannot hand one tenant's rules to another.
+        prefix = prefixes.prefix(snapshots, body.max_tokens)
         examples = await _examples(services, snapshots, body.query, body.pin)
-        result = assemble(snapshots, examples, body.max_tokens, _conflicts, body.max_examples)
+        result = attach_examples(prefix, examples, body.max_tokens, body.max_examples)
         metrics.CONTEXT_ITEMS.observe(len(result["items"]) + len(result["examples"]))
         metrics.CONTEXT_TOKENS.observe(result["tokens"])
-        return {**result, "groups": list(snapshots), "hidden": hidden}
+        return ORJSONResponse({**result, "groups": list(snapshots), "hidden": hidden})
 
     return router
 
@@ -306,14 +347,20 @@ async def _examples(
     found: list[tuple[float, MemoryItem]] = []
     current_groups = [g for g in snapshots if g not in pins]
     if current_groups:
+        # one search for all the caller's groups; the group filter is the tenant boundary
         hits = await services.memory.store.search(
             "memory",
             vector,
             limit=12,
-            where={"group": current_groups, "kind": list(EXAMPLE_KINDS), "status": "active"},
+            where={"group": current_groups, "kind": EXAMPLE_KINDS, "status": "active"},
         )
-        by_id = {i["item_id"]: i for g in current_groups for i in snapshots[g]["items"]}
-        found.extend((hit.score, by_id[hit.id]) for hit in hits if hit.id in by_id)
+        for hit in hits:
+            group = hit.payload.get("group")
+            if group not in current_groups:
+                continue
+            item = services.memory.item(group, snapshots[group]["version"], hit.id)
+            if item is not None:
+                found.append((hit.score, item))
     for group in (g for g in snapshots if g in pins):
         items = [
             i
