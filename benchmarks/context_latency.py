@@ -221,16 +221,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def prefix_cache(url: str) -> str:
-    """Hits and misses of the API's prefix cache, from its /metrics."""
-    counts = {"hit": 0.0, "miss": 0.0}
+HIT = 'learnloop_context_prefix_cache_total{result="hit"}'
+MISS = 'learnloop_context_prefix_cache_total{result="miss"}'
+SEARCH_SUM = "learnloop_context_search_seconds_sum"
+SEARCH_COUNT = "learnloop_context_search_seconds_count"
+APP_SUM = 'learnloop_api_request_seconds_sum{route="/v1/context"}'
+APP_COUNT = 'learnloop_api_request_seconds_count{route="/v1/context"}'
+
+
+def api_metrics(url: str) -> dict[str, float]:
+    """The API's own counters that explain its latency."""
+    out = dict.fromkeys((HIT, MISS, SEARCH_SUM, SEARCH_COUNT, APP_SUM, APP_COUNT), 0.0)
     for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith("learnloop_context_prefix_cache_total{"):
-            for result in counts:
-                if f'result="{result}"' in line:
-                    counts[result] += float(line.rsplit(" ", 1)[1])
-    total = counts["hit"] + counts["miss"]
-    return f"{counts['hit'] / total:.1%} of {total:,.0f}" if total else "n/a"
+        name, _, value = line.rpartition(" ")
+        if name in out:
+            out[name] += float(value)
+    return out
+
+
+def explain(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Prefix-cache hit rate and server-side ms per request: in the app, in the store."""
+    d = {k: after[k] - before[k] for k in after}
+    nan = float("nan")
+    return {
+        "prefix_cache_hit_rate": d[HIT] / (d[HIT] + d[MISS]) if d[HIT] + d[MISS] else nan,
+        "in_app_ms": d[APP_SUM] / d[APP_COUNT] * 1000 if d[APP_COUNT] else nan,
+        "store_search_ms": d[SEARCH_SUM] / d[SEARCH_COUNT] * 1000 if d[SEARCH_COUNT] else nan,
+    }
 
 
 def wait_indexed(url: str, last_group: str, timeout_s: float) -> float:
@@ -327,17 +344,18 @@ def main() -> None:
                         stderr=subprocess.DEVNULL,
                     )
                     time.sleep(1.0)
-                api_cpu = cpu_seconds(process.pid)
+                api_cpu, counters = cpu_seconds(process.pid), api_metrics(url)
                 if name == "wrk":
                     result = run_wrk(url, args.groups, args.seconds, args.concurrency, tmp)
                 else:
                     result = run_httpx(url, args.groups, args.requests, args.concurrency)
                 result["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
+                result.update(explain(counters, api_metrics(url)))
+                result["load_average_1m"] = os.getloadavg()[0]
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)
                     spy.wait(60)
                 rows[name] = result
-            rows["prefix_cache_hits"] = prefix_cache(url)
         finally:
             process.terminate()
             process.wait(30)
@@ -354,7 +372,8 @@ def report(rows: dict[str, Any]) -> None:
         f"concurrency {rows['concurrency']}"
     )
     print("(Qdrant server adapter: not measured, no Qdrant server can be installed here)")
-    for key in ("points", "seed_s", "api_read_and_index_s", "prefix_cache_hits"):
+    print(f"machine: {os.cpu_count()} cores, shared: the API, the client and anything else")
+    for key in ("points", "seed_s", "api_read_and_index_s"):
         value = rows[key]
         print(
             f"{key:<24} {value:>14,.2f}" if isinstance(value, float) else f"{key:<24} {value:>14}"
@@ -370,6 +389,12 @@ def report(rows: dict[str, Any]) -> None:
             f"API CPU {r['api_cpu_s'] / r['requests'] * 1000:.2f} ms/req  "
             f"client CPU {r['client_cpu_s'] / r['requests'] * 1000:.2f} ms/req "
             f"({r['client_cpu_s'] / r['wall_s']:.0%} of a core)"
+        )
+        print(
+            f"  in the API: {r['in_app_ms']:.2f} ms/req in the app, of which "
+            f"{r['store_search_ms']:.2f} ms in the store search; prefix cache hits "
+            f"{r['prefix_cache_hit_rate']:.1%}; load average after the run "
+            f"{r['load_average_1m']:.2f}"
         )
 
 

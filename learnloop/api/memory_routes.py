@@ -7,6 +7,7 @@ endpoint waits briefly for the outcome so a person sees the new version at once.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from learnloop import metrics
 from learnloop.api.auth import Caller, CallerDep
 from learnloop.api.context_cache import PrefixCache
+from learnloop.api.memory_log import facet, item_text
 from learnloop.api.problems import Problem
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
@@ -347,20 +349,24 @@ async def _examples(
     found: list[tuple[float, MemoryItem]] = []
     current_groups = [g for g in snapshots if g not in pins]
     if current_groups:
-        # one search for all the caller's groups; the group filter is the tenant boundary
+        # One search for all the caller's groups. The filter names only those groups,
+        # and a hit counts only if it is an item of their current snapshots, so
+        # nothing outside what the caller may read can come back.
+        started = time.perf_counter()
         hits = await services.memory.store.search(
             "memory",
             vector,
             limit=12,
-            where={"group": current_groups, "kind": EXAMPLE_KINDS, "status": "active"},
+            where={"facet": [facet(g, k, "active") for g in current_groups for k in EXAMPLE_KINDS]},
+            with_payload=False,
         )
+        metrics.CONTEXT_SEARCH_SECONDS.observe(time.perf_counter() - started)
         for hit in hits:
-            group = hit.payload.get("group")
-            if group not in current_groups:
-                continue
-            item = services.memory.item(group, snapshots[group]["version"], hit.id)
-            if item is not None:
-                found.append((hit.score, item))
+            for group in current_groups:
+                item = services.memory.item(group, snapshots[group]["version"], hit.id)
+                if item is not None:
+                    found.append((hit.score, item))
+                    break
     for group in (g for g in snapshots if g in pins):
         items = [
             i
@@ -368,14 +374,10 @@ async def _examples(
             if i["kind"] in EXAMPLE_KINDS and i["status"] == "active"
         ]
         if items:
-            from learnloop.api.memory_log import item_text
-
             vectors = embedder.embed([item_text(i) for i in items])
             found.extend((cosine(vector, v), i) for i, v in zip(items, vectors, strict=True))
     return found
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
