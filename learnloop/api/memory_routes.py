@@ -28,7 +28,7 @@ from processors.context import EXAMPLE_KINDS, attach_examples, order_groups
 from processors.embedding import cosine
 from processors.groups import resolve_groups
 from processors.memory import MemoryItem, Snapshot
-from processors.memory_ops import diff
+from processors.memory_ops import diff, empty_snapshot
 from processors.synthesis.text import contradiction
 
 if TYPE_CHECKING:
@@ -100,6 +100,10 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
     def owner(group: str) -> str | None:
         return services.groups.owner(group)
 
+    def owner_known(group: str) -> bool:
+        """The workers hold state for ``group`` (it exists, if with no memory yet)."""
+        return services.groups.known(group)
+
     def readable(who: Caller, group: str) -> None:
         who.require("read")
         who.check_group(group, owner(group))
@@ -109,15 +113,8 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         if snapshot is None:
             if version is not None and memory.current_version(group) is not None:
                 raise Problem(404, "unknown_version", f"{group} has no version {version}")
-            if version == 0 or (version is None and services.groups.stats(group)):
-                return {
-                    "group": group,
-                    "version": 0,
-                    "parent": None,
-                    "reason": "empty",
-                    "created_ms": 0,
-                    "items": [],
-                }
+            if version == 0 or (version is None and owner_known(group)):
+                return empty_snapshot(group)
             raise Problem(404, "unknown_group", f"no group {group!r}")
         return snapshot
 
@@ -134,7 +131,7 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         """Every version with its parent, reason, time and item counts: the audit trail."""
         readable(who, group)
         snapshots = memory.versions(group)
-        if not snapshots and not services.groups.stats(group):
+        if not snapshots and not owner_known(group):
             raise Problem(404, "unknown_group", f"no group {group!r}")
         return {
             "group": group,
@@ -187,18 +184,24 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         await memory.wait_version(group, result["version"], COMMAND_WAIT_S)
         return {"command_id": command_id, **result}
 
-    def require_item(group: str, item_id: str) -> None:
+    def require_item(who: Caller, group: str, item_id: str) -> None:
+        """403/404 as for any read of the group, then 404 if it has no such item."""
+        readable(who, group)
         current = memory.snapshot(group)
         if current is None or all(i["item_id"] != item_id for i in current["items"]):
             raise Problem(404, "unknown_item", f"{group} has no item {item_id}")
+
+    async def item_command(who: Caller, group: str, item_id: str, kind: str) -> dict[str, Any]:
+        """A change to one existing item (``run_command`` checks admin scope and tenant)."""
+        require_item(who, group, item_id)
+        return await run_command(who, group, {"type": kind, "item_id": item_id})
 
     @router.patch("/groups/{group}/items/{item_id}", tags=["changes"])
     async def patch_item(
         group: str, item_id: str, body: ItemPatch, who: CallerDep
     ) -> dict[str, Any]:
         """Edit an item's text or status; produces a new version."""
-        readable(who, group)
-        require_item(group, item_id)
+        require_item(who, group, item_id)
         changes = body.model_dump(exclude_none=True)
         if not changes:
             raise Problem(
@@ -213,21 +216,18 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
 
     @router.delete("/groups/{group}/items/{item_id}", tags=["changes"])
     async def delete_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
-        readable(who, group)
-        require_item(group, item_id)
-        return await run_command(who, group, {"type": "delete", "item_id": item_id})
+        """Delete an item; produces a new version without it."""
+        return await item_command(who, group, item_id, "delete")
 
     @router.post("/groups/{group}/items/{item_id}/approve", tags=["changes"])
     async def approve_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
-        readable(who, group)
-        require_item(group, item_id)
-        return await run_command(who, group, {"type": "approve", "item_id": item_id})
+        """Approve a proposed item (wide scopes wait for this); it becomes active."""
+        return await item_command(who, group, item_id, "approve")
 
     @router.post("/groups/{group}/items/{item_id}/reject", tags=["changes"])
     async def reject_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
-        readable(who, group)
-        require_item(group, item_id)
-        return await run_command(who, group, {"type": "reject", "item_id": item_id})
+        """Reject a proposed item; it never reaches a prompt."""
+        return await item_command(who, group, item_id, "reject")
 
     @router.post("/groups/{group}/rollback", tags=["changes"])
     async def rollback(group: str, body: RollbackRequest, who: CallerDep) -> dict[str, Any]:
