@@ -131,10 +131,13 @@ request = function()
     n %% %(groups)d, topics[n %% 10 + 1], n)
   return wrk.format("POST", "/v1/context", {["content-type"] = "application/json"}, body)
 end
+"""
+
+WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    "RESULT %%d %%d %%d %%d %%d %%d %%d %%f %%f %%f\\n", summary.requests, summary.duration,
+    "RESULT %d %d %d %d %d %d %d %f %f %f\\n", summary.requests, summary.duration,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
 end
@@ -175,12 +178,16 @@ def run_httpx(url: str, groups: int, requests: int, concurrency: int) -> dict[st
     }
 
 
-def run_wrk(url: str, groups: int, seconds: int, concurrency: int, tmp: str) -> dict[str, float]:
-    """wrk (C, one thread, keep-alive) in its own process; every answer must be 2xx."""
+def run_wrk(
+    url: str, groups: int, seconds: int, concurrency: int, tmp: str, path: str = "/v1/context"
+) -> dict[str, float]:
+    """wrk (C, one thread, keep-alive) in its own process; every answer must be 2xx.
+
+    ``path`` other than ``/v1/context`` is fetched with a plain GET (the floor).
+    """
     script = Path(tmp, "context.lua")
-    script.write_text(
-        WRK_SCRIPT % {"topics": ", ".join(f'"{t}"' for t in TOPICS), "groups": groups}
-    )
+    request = WRK_SCRIPT % {"topics": ", ".join(f'"{t}"' for t in TOPICS), "groups": groups}
+    script.write_text((request if path == "/v1/context" else "") + WRK_DONE)
     command = [
         "wrk",
         "-t1",
@@ -190,7 +197,7 @@ def run_wrk(url: str, groups: int, seconds: int, concurrency: int, tmp: str) -> 
         "10s",
         "-s",
         str(script),
-        f"{url}/v1/context",
+        f"{url}{path}",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert process.stdout is not None
@@ -356,13 +363,29 @@ def main() -> None:
                     spy.send_signal(signal.SIGINT)
                     spy.wait(60)
                 rows[name] = result
+            if "wrk" in clients:  # what the framework costs with no work in the handler
+                api_cpu = cpu_seconds(process.pid)
+                floor = run_wrk(url, args.groups, 5, args.concurrency, tmp, path="/healthz")
+                floor["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
+                rows["floor"] = floor
         finally:
             process.terminate()
             process.wait(30)
             log.close()
     report(rows)
+    report_floor(rows)
     if args.json:
         args.json.write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+
+
+def report_floor(rows: dict[str, Any]) -> None:
+    if "floor" in rows:
+        r = rows["floor"]
+        print(
+            f"floor: GET /healthz with wrk, same process and settings: "
+            f"{r['requests'] / r['wall_s']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
+            f"API CPU {r['api_cpu_s'] / r['requests'] * 1000:.2f} ms/req"
+        )
 
 
 def report(rows: dict[str, Any]) -> None:
@@ -391,7 +414,7 @@ def report(rows: dict[str, Any]) -> None:
             f"({r['client_cpu_s'] / r['wall_s']:.0%} of a core)"
         )
         print(
-            f"  in the API: {r['in_app_ms']:.2f} ms/req in the app, of which "
+            f"  in the API: {r['in_app_ms']:.2f} ms/req in the app (after HTTP parsing), of which "
             f"{r['store_search_ms']:.2f} ms in the store search; prefix cache hits "
             f"{r['prefix_cache_hit_rate']:.1%}; load average after the run "
             f"{r['load_average_1m']:.2f}"

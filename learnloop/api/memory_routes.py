@@ -13,8 +13,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query
-from fastapi.responses import ORJSONResponse
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from learnloop import metrics
@@ -274,10 +274,10 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
     @router.post(
         "/context",
         tags=["context"],
-        response_class=ORJSONResponse,
+        response_class=JSONResponse,  # for the docs; the answer is serialised by orjson
         responses={200: {"model": ContextAnswer, "description": "The caller's context"}},
     )
-    async def context(body: ContextRequest, who: CallerDep) -> ORJSONResponse:
+    async def context(body: ContextRequest, who: CallerDep) -> Response:
         """The learned context for a caller and a query: a cacheable prefix, examples, ids.
 
         Rules of narrower groups override the wider rules they contradict; those are
@@ -320,7 +320,8 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         result = attach_examples(prefix, examples, body.max_tokens, body.max_examples)
         metrics.CONTEXT_ITEMS.observe(len(result["items"]) + len(result["examples"]))
         metrics.CONTEXT_TOKENS.observe(result["tokens"])
-        return ORJSONResponse({**result, "groups": list(snapshots), "hidden": hidden})
+        answer = {**result, "groups": list(snapshots), "hidden": hidden}
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     return router
 
