@@ -331,6 +331,9 @@ def main() -> None:
         try:
             rows["api_read_and_index_s"] = wait_indexed(url, groups[-1], 900)
             asyncio.run(load_httpx(url, args.groups, 500, args.concurrency))  # warm-up
+            idle = cpu_seconds(process.pid)
+            time.sleep(3.0)  # what the API burns with no requests (following the logs)
+            rows["api_idle_cpu"] = (cpu_seconds(process.pid) - idle) / 3.0
             for name in clients:
                 spy = None
                 if args.profile is not None and name == clients[0]:
@@ -342,6 +345,7 @@ def main() -> None:
                             "raw",
                             "--rate",
                             "200",
+                            "--nonblocking",
                             "--pid",
                             str(process.pid),
                             "-o",
@@ -396,7 +400,7 @@ def report(rows: dict[str, Any]) -> None:
     )
     print("(Qdrant server adapter: not measured, no Qdrant server can be installed here)")
     print(f"machine: {os.cpu_count()} cores, shared: the API, the client and anything else")
-    for key in ("points", "seed_s", "api_read_and_index_s"):
+    for key in ("points", "seed_s", "api_read_and_index_s", "api_idle_cpu"):
         value = rows[key]
         print(
             f"{key:<24} {value:>14,.2f}" if isinstance(value, float) else f"{key:<24} {value:>14}"
