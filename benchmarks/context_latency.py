@@ -367,6 +367,14 @@ def main() -> None:
                     spy.send_signal(signal.SIGINT)
                     spy.wait(60)
                 rows[name] = result
+            first = rows[clients[0]]  # the flat keys `learnloop bench context` reads
+            rows.update(
+                client=clients[0],
+                requests=int(first["requests"]),
+                p50_ms=first["p50_ms"],
+                p99_ms=first["p99_ms"],
+                requests_per_s=first["requests"] / first["wall_s"],
+            )
             if "wrk" in clients:  # what the framework costs with no work in the handler
                 api_cpu = cpu_seconds(process.pid)
                 floor = run_wrk(url, args.groups, 5, args.concurrency, tmp, path="/healthz")
