@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     api_keys: dict[str, ApiKeySpec] = Field(
         default_factory=dict, description="name -> key spec; none means no auth (loopback only)"
     )
+    context_cache_entries: int = Field(
+        default=4096,
+        ge=0,
+        description="prefixes the API caches, keyed by groups, versions and budget (0: off)",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
