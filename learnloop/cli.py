@@ -381,5 +381,12 @@ def export_command(
     print(orjson.dumps(summary.as_dict()).decode())
 
 
+from learnloop.bench.cli import bench_app  # noqa: E402  (registered last, imports lazily)
+from learnloop.simulate.command import simulate  # noqa: E402
+
+app.add_typer(bench_app, name="bench")
+app.command()(simulate)
+
+
 def main() -> None:
     app()

@@ -13,6 +13,17 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS_IN = Counter(
     "learnloop_events_in_total", "Events consumed, by stage and event type", ["stage", "type"]
 )
+
+
+def events_in_by_stage() -> dict[str, int]:
+    """Events this process consumed so far, per stage (for its shutdown log line)."""
+    totals: dict[str, int] = {}
+    for metric in EVENTS_IN.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                stage = sample.labels["stage"]
+                totals[stage] = totals.get(stage, 0) + int(sample.value)
+    return totals
 EVENTS_OUT = Counter(
     "learnloop_events_out_total", "Records produced, by stage and kind", ["stage", "kind"]
 )
@@ -95,6 +106,16 @@ CONTEXT_ITEMS = Histogram(
     "learnloop_context_items",
     "Items returned per context request",
     buckets=(0, 1, 2, 5, 10, 20, 50),
+)
+CONTEXT_PREFIX_CACHE = Counter(
+    "learnloop_context_prefix_cache_total",
+    "Context requests whose prefix came from the cache (hit) or was assembled (miss)",
+    ["result"],
+)
+CONTEXT_SEARCH_SECONDS = Histogram(
+    "learnloop_context_search_seconds",
+    "Time of the vector-store search for a context request's examples",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
 )
 CONTEXT_TOKENS = Histogram(
     "learnloop_context_tokens",

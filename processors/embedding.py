@@ -6,7 +6,8 @@ answers that without a model: feature hashing (blake2b, so identical on every
 machine and run) of normalised word unigrams and bigrams, lightly stemmed, with a
 small synonym table for words feedback uses interchangeably, plus character
 trigrams for spelling and morphology. Dense models (sentence-transformers, an
-OpenAI-compatible endpoint) implement the same :class:`Embedder` protocol elsewhere.
+OpenAI-compatible endpoint) implement the same :class:`Embedder` protocol in
+``learnloop/embeddings``; the settings choose one (``embedder.kind``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,18 @@ from typing import Final, Protocol
 
 
 class Embedder(Protocol):
-    """Turns texts into unit-length vectors whose dot product is their similarity."""
+    """Turns texts into unit-length vectors whose dot product is their similarity.
 
-    dim: int
-    name: str
+    Implementations: :class:`HashingEmbedder` here (offline default); a local
+    sentence-transformers model and an OpenAI-compatible endpoint in
+    ``learnloop/embeddings`` (they may do I/O, so they say ``blocking = True``).
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 

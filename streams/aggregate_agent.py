@@ -111,5 +111,6 @@ def register(app: WorkerApp) -> None:
         async for events in stream.noack_take(
             max(8, settings.batch_max_events // 100), within=settings.batch_max_wait_s
         ):
-            await run_isolated(app, STAGE, list(events), aggregate_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), aggregate_batch)
+                await ack_all(stream, events)

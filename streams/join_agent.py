@@ -5,7 +5,8 @@ events whose Kafka key is not their interaction id or whose partition is not the
 one that key hashes to, fold each into its interaction's slot, deliver the
 signals (bundled per signals partition, see ``signal_bundles``) and dead letters,
 then write each touched slot once. A timer releases feedback that waited too
-long for its interaction and drops slots past their retention.
+long for its interaction, asks the judge about sampled interactions nobody gave
+feedback on (when the judge is on), and drops slots past their retention.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import orjson
 import structlog
 
 from learnloop import metrics
-from processors.join import JoinSlot, expire, process_event
+from processors.join import JoinSlot, expire, expire_judging, judging_due, process_event
+from processors.judging import JudgeRequest
 from processors.signals import DeadLetter, Signal
 from schemas import DecodeError
 from streams.dead_letters import dead_letter
@@ -33,6 +35,16 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 STAGE = "join"
 SWEEP_EVERY = 60
+
+
+def _judge_out(app: WorkerApp, request: JudgeRequest, partition: int) -> Outgoing:
+    # same key and partition count as the events topic: the request stays with its slot
+    return Outgoing(
+        topic=app.judge_requests_topic,
+        key=request["interaction_id"].encode(),
+        value=orjson.dumps(request),
+        partition=partition,
+    )
 
 
 def _dead_out(app: WorkerApp, dead: DeadLetter, source: tuple[str, int, int]) -> Outgoing:
@@ -100,6 +112,11 @@ async def join_batch(app: WorkerApp, events: list[Any]) -> None:
         touched[slot_key] = (message.partition, slot)
         if slot["pending"]:
             app.pending_slots.add(slot_key)
+        candidate = slot.get("judge")
+        if candidate is not None:
+            app.judge_slots[slot_key] = candidate["due_ms"]
+        else:
+            app.judge_slots.pop(slot_key, None)
         released.extend(signals)
         out.extend(_dead_out(app, d, source) for d in dead)
     out.extend(bundle_records(app, released))
@@ -140,8 +157,14 @@ async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
     out: list[Outgoing] = []
     released: list[Signal] = []
     writes: list[tuple[str, int, JoinSlot | None]] = []
-    keys = list(table.data.keys()) if full_sweep else list(app.pending_slots)
+    due = [key for key, due_ms in app.judge_slots.items() if due_ms <= now]
+    if full_sweep:
+        keys = list(table.data.keys())
+    else:
+        keys = list(dict.fromkeys([*app.pending_slots, *due]))
     app.pending_slots.clear()
+    for key in due:
+        del app.judge_slots[key]
     for key in keys:
         stored = table.data.get(key)
         if stored is None:
@@ -149,8 +172,17 @@ async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
         partition, slot = stored
         if partition not in assigned:
             continue
-        if not slot["pending"] and now - slot["touched_ms"] < app.join_config.retention_ms:
+        judge_now = judging_due(slot, now)
+        if (
+            not slot["pending"]
+            and not judge_now
+            and now - slot["touched_ms"] < app.join_config.retention_ms
+        ):
+            if slot.get("judge") is not None:  # found by a sweep after a restart
+                app.judge_slots[key] = slot["judge"]["due_ms"]  # type: ignore[index]
             continue
+        slot, requests = expire_judging(slot, now)
+        out.extend(_judge_out(app, r, partition) for r in requests)
         new_slot, signals, dead = expire(slot, now, app.join_config)
         released.extend(signals)
         out.extend(_dead_out(app, d, (app.settings.topics.events, partition, -1)) for d in dead)
@@ -179,8 +211,9 @@ def register(app: WorkerApp) -> None:
         async for events in stream.noack_take(
             settings.batch_max_events, within=settings.batch_max_wait_s
         ):
-            await run_isolated(app, STAGE, list(events), join_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), join_batch)
+                await ack_all(stream, events)
 
     ticks = 0
 

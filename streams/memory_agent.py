@@ -20,6 +20,7 @@ import orjson
 import structlog
 
 from learnloop import metrics
+from learnloop.embeddings import embed_off_loop
 from learnloop.synthesis.errors import SynthesisUnavailable
 from processors.aggregate import FORGET_USER, SYNTHESIS_DONE, Trigger
 from processors.memory import MemoryCommand, Snapshot
@@ -37,6 +38,10 @@ STAGE = "memory"
 DEFERRED_PAUSE_S = 0.5
 MAX_RETRY_DELAY_S = 300.0
 MAX_REMEMBERED_INPUTS = 64
+# evidence below the scope's policy stays in the group's state to meet later evidence
+DEFERRABLE = frozenset(
+    {"insufficient_support", "substitution_below_policy", "tool_failures_below_policy"}
+)
 
 
 def version_key(group: str, version: int) -> bytes:
@@ -63,20 +68,35 @@ def _control_signal(group: str, kind: str, key: str, payload: dict[str, Any], no
     }
 
 
-async def _synthesize(app: WorkerApp, current: Snapshot, trigger: Trigger, now: int) -> Snapshot:
-    """Candidates from the synthesizer, consolidated into the next version.
+async def _synthesize(
+    app: WorkerApp, current: Snapshot, trigger: Trigger, now: int
+) -> tuple[Snapshot, list[str]]:
+    """Candidates from the synthesizer, consolidated into the next version, and the ids of
+    evidence left for later (below the scope's policy now, it may meet support later).
 
     The LLM synthesizer is async and bounded by its own total time budget; the
     extra margin here makes sure no await in the agent loop is unbounded.
     """
     started = time.perf_counter()
     synthesizer = app.synthesizer
-    outcome = synthesizer.synthesize(trigger, current["items"], now)
-    if inspect.isawaitable(outcome):
+    budget_s = _embed_budget_s(app)
+    if inspect.iscoroutinefunction(synthesizer.synthesize):
         llm = app.settings.llm
-        outcome = await asyncio.wait_for(outcome, (llm.max_total_s if llm else 120.0) + 10)
-    result = outcome
-    items, changes = app.consolidate(current["items"], result["items"], now)
+        result = await asyncio.wait_for(
+            synthesizer.synthesize(trigger, current["items"], now),
+            (llm.max_total_s if llm else 120.0) + 10,
+        )
+        items, changes = await embed_off_loop(
+            app.embedder, lambda: app.consolidate(current["items"], result["items"], now), budget_s
+        )
+    else:
+
+        def work() -> tuple[Any, tuple[list[Any], list[Any]]]:
+            found = synthesizer.synthesize(trigger, current["items"], now)
+            return found, app.consolidate(current["items"], found["items"], now)
+
+        # a dense or remote embedder runs in a thread with a deadline, never on the loop
+        result, (items, changes) = await embed_off_loop(app.embedder, work, budget_s)
     if not getattr(synthesizer, "records_metrics", False):
         metrics.SYNTHESIS_REQUESTS.labels(synthesizer.name, "ok").inc()
         metrics.SYNTHESIS_SECONDS.labels(synthesizer.name).observe(time.perf_counter() - started)
@@ -88,7 +108,8 @@ async def _synthesize(app: WorkerApp, current: Snapshot, trigger: Trigger, now: 
         skipped=len(result["skipped"]),
         changes=len(changes),
     )
-    return next_snapshot(current, items, f"synthesis:{trigger['reason']}", now)
+    deferred = sorted({s["event_id"] for s in result["skipped"] if s["reason"] in DEFERRABLE})
+    return next_snapshot(current, items, f"synthesis:{trigger['reason']}", now), deferred
 
 
 async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
@@ -138,7 +159,7 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
                 )
                 continue
             try:
-                snapshot = await _synthesize(app, current, trigger, now)
+                snapshot, deferred_ids = await _synthesize(app, current, trigger, now)
             except (SynthesisUnavailable, TimeoutError) as exc:
                 deferred.append(_retry_later(app, value, exc, now, message.partition))
                 continue
@@ -154,6 +175,7 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
                             "trigger_id": trigger["trigger_id"],
                             "version": snapshot["version"],
                             "evidence_ids": evidence_ids,
+                            "deferred_ids": deferred_ids,
                         },
                         now,
                     ),
@@ -167,7 +189,13 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
             }
         else:
             command: MemoryCommand = value
-            new, rejection = apply_command(current, command, now, value.get("rollback_items"))
+            new, rejection = apply_command(
+                current,
+                command,
+                now,
+                value.get("rollback_items"),
+                decay_config=app.consolidation_config,
+            )
             if rejection is not None:
                 snapshot = current
                 result = {
@@ -222,6 +250,12 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
 
 
+def _embed_budget_s(app: WorkerApp) -> float:
+    """Deadline for synthesis work that embeds: every retry of the embedder, plus compute."""
+    embedder = app.settings.embedder
+    return embedder.timeout_s * (embedder.max_retries + 1) + 30.0
+
+
 def _retry_later(
     app: WorkerApp, trigger: dict[str, Any], exc: BaseException, now: int, partition: int
 ) -> Outgoing:
@@ -266,5 +300,6 @@ def register(app: WorkerApp) -> None:
     @app.agent(app.memory_inputs, name="memory")  # type: ignore[misc]
     async def memory(stream: Any) -> None:
         async for events in stream.noack_take(100, within=settings.batch_max_wait_s):
-            await run_isolated(app, STAGE, list(events), memory_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), memory_batch)
+                await ack_all(stream, events)

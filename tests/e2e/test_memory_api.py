@@ -24,7 +24,7 @@ import pytest
 
 from learnloop.embedded.broker import free_port
 from learnloop.store.factory import open_store
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, unique_env, wait_until
 from tests.factories import feedback, interaction
 
 pytestmark = pytest.mark.e2e
@@ -69,17 +69,7 @@ class ApiProcess:
 @pytest.fixture(scope="module")
 def stack(broker, tmp_path_factory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("memory-api")
-    unique = uuid.uuid4().hex[:10]
-    env = {
-        "LEARNLOOP_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "LEARNLOOP_BROKER_TRUE_END_OFFSETS": "true",
-        "LEARNLOOP_APP_ID": f"mem-{unique}",
-        "LEARNLOOP_LOG_FORMAT": "json",
-        "LEARNLOOP_DATA_DIR": str(tmp / "data"),
-        "LEARNLOOP_API_KEYS": orjson.dumps(KEYS).decode(),
-        **{f"LEARNLOOP_TOPICS__{name.upper()}": f"{name}-{unique}" for name in (
-            "events", "signals", "triggers", "dead_letters", "commands", "versions", "results")},
-    }
+    env = unique_env(broker, tmp / "data", LEARNLOOP_API_KEYS=orjson.dumps(KEYS).decode())
     worker = WorkerProcess(env, tmp / "worker.log").start()
     worker.wait_ready()
     api = ApiProcess(env, tmp / "api.log").start()
@@ -187,6 +177,44 @@ def test_budget_limits_the_prefix(stack) -> None:
     large = context(stack, user_id="carol", query="q", max_tokens=2000)
     assert small["tokens"] <= 40
     assert len(small["items"]) < len(large["items"])
+
+
+def test_a_narrower_rule_overrides_the_wider_rule_it_contradicts(stack) -> None:
+    """Precedence end to end: a user's rule beats the team rule it contradicts.
+
+    The team rule is learned from three teammates (the default team policy); the
+    user's own rule says the opposite. The user's context keeps the user rule, leaves
+    the team rule out of the prefix and lists it in ``dropped`` with the rule that
+    won; a teammate without a rule of their own still gets the team rule.
+    """
+    team = f"prec{uuid.uuid4().hex[:6]}"
+    for name in ("pat", "quinn", "rae"):
+        teach(stack, f"{name}-{team}", "always answer in English", team=team)
+    team_rule = active_rules(wait_rule(stack, f"team:{team}", "english", 60))[0]
+    assert team_rule["provenance"]["distinct_users"] >= 3
+    uma = f"uma-{team}"
+    teach(stack, uma, "please always answer in German", team=None)  # only her own group
+    user_rule = active_rules(wait_rule(stack, f"user:{uma}", "german"))[0]
+
+    mine = context(stack, user_id=uma, team_id=team, org_id="acme", query="q")
+    assert set(mine["versions"]) >= {f"user:{uma}", f"team:{team}"}  # both groups were used
+    assert "German" in mine["prefix"] and "English" not in mine["prefix"]
+    assert [i["item_id"] for i in mine["items"]].count(user_rule["item_id"]) == 1
+    assert team_rule["item_id"] not in [i["item_id"] for i in mine["items"]]
+    dropped = {d["item_id"]: d for d in mine["dropped"]}
+    assert dropped[team_rule["item_id"]] == {
+        "item_id": team_rule["item_id"],
+        "group": f"team:{team}",
+        "reason": f"overridden by {user_rule['item_id']} in user:{uma}",
+    }
+    # the same answer again: byte-identical prefix (now from the prefix cache)
+    assert context(stack, user_id=uma, team_id=team, org_id="acme", query="other")["prefix"] \
+        == mine["prefix"]
+
+    teammate = context(stack, user_id=f"val-{team}", team_id=team, org_id="acme", query="q")
+    assert team_rule["item_id"] in [i["item_id"] for i in teammate["items"]]
+    assert "English" in teammate["prefix"] and "German" not in teammate["prefix"]
+    assert team_rule["item_id"] not in {d["item_id"] for d in teammate["dropped"]}
 
 
 def test_edit_rollback_reset_through_the_api(stack) -> None:

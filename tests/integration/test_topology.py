@@ -30,7 +30,7 @@ from learnloop.embedded.broker import EmbeddedBroker
 from learnloop.settings import Settings, TopicNames
 from learnloop.topics import ensure_topics
 from schemas import EventCodec, from_json_event
-from tests.conftest import WorkerProcess, read_group_states, wait_until
+from tests.conftest import WorkerProcess, read_group_states, unique_env, wait_until
 from tests.factories import feedback, interaction
 from tests.integration.streams_helpers import emit
 
@@ -85,24 +85,8 @@ class Stack:
 
 
 def _stack_env(broker: EmbeddedBroker, data_dir: Path, **extra: str) -> dict[str, str]:
-    """Like the ``stack_env`` fixture, for a module-scoped worker; every topic is unique."""
-    unique = uuid.uuid4().hex[:10]
-    return {
-        "LEARNLOOP_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "LEARNLOOP_BROKER_TRUE_END_OFFSETS": "true",
-        "LEARNLOOP_APP_ID": f"ll-{unique}",
-        "LEARNLOOP_TOPICS__EVENTS": f"events-{unique}",
-        "LEARNLOOP_TOPICS__SIGNALS": f"signals-{unique}",
-        "LEARNLOOP_TOPICS__TRIGGERS": f"triggers-{unique}",
-        "LEARNLOOP_TOPICS__DEAD_LETTERS": f"dead-{unique}",
-        "LEARNLOOP_TOPICS__COMMANDS": f"commands-{unique}",
-        "LEARNLOOP_TOPICS__VERSIONS": f"versions-{unique}",
-        "LEARNLOOP_TOPICS__RESULTS": f"results-{unique}",
-        "LEARNLOOP_DATA_DIR": str(data_dir),
-        "LEARNLOOP_LOG_FORMAT": "json",
-        "LEARNLOOP_PARTITIONS": str(PARTITIONS),
-        **extra,
-    }
+    """Like the ``stack_env`` fixture, for a module-scoped worker."""
+    return unique_env(broker, data_dir, LEARNLOOP_PARTITIONS=str(PARTITIONS), **extra)
 
 
 def _topic_settings(env: dict[str, str]) -> Settings:

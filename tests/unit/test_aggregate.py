@@ -139,3 +139,62 @@ def test_distinct_contributors_exact_below_the_cap() -> None:
         sigs = signals_for([interaction(f"i{n}", user=f"u{n % 7}")], "team:search")
         state, _ = apply_signals(state, [(n, sigs[0])], 0, POLICY.team)
     assert state is not None and state["distinct_contributors"] == 7
+
+
+def _synthesis_done(trigger, deferred: list[str]):
+    return {
+        "signal_id": f"_synthesis_done|{trigger['trigger_id']}",
+        "group": trigger["group"],
+        "origin": None,
+        "event_id": trigger["trigger_id"],
+        "type": "_synthesis_done",
+        "timestamp": 1,
+        "user_id": "",
+        "org_id": None,
+        "interaction_id": None,
+        "joined": False,
+        "query": None,
+        "response": None,
+        "payload": {
+            "trigger_id": trigger["trigger_id"],
+            "version": 1,
+            "evidence_ids": [e["event_id"] for e in trigger["evidence"]],
+            "deferred_ids": deferred,
+        },
+        "flags": [],
+    }
+
+
+def test_evidence_below_policy_waits_for_fresh_evidence_then_counts_again() -> None:
+    """A team trigger whose clusters were too small keeps that evidence (deferred) instead of
+    dropping it; only new evidence fires the next trigger, which then carries both."""
+    state, triggers = apply_signals(
+        None, list(enumerate(_explanations(["a", "b", "c"], start=200))), 0, POLICY.team
+    )
+    assert [t["reason"] for t in triggers] == ["evidence"]
+    explained = [e["event_id"] for e in triggers[0]["evidence"] if e["type"] == "explanation"]
+    done = _synthesis_done(triggers[0], deferred=explained[:2])
+    state, again = apply_signals(state, [(1000, done)], 0, POLICY.team)
+    assert again == []  # the deferred evidence alone never re-fires (no loop)
+    assert state["deferred"] == explained[:2]
+    assert sorted(e["event_id"] for e in state["evidence"]) == sorted(explained[:2])
+    fresh = [s for s in _explanations(["d"], start=300) if s["type"] == "explanation"]
+    state, later = apply_signals(state, [(1001, fresh[0])], 0, POLICY.team)
+    assert [t["reason"] for t in later] == ["evidence"]
+    carried = {e["event_id"] for e in later[0]["evidence"]}
+    assert set(explained[:2]) | {fresh[0]["event_id"]} <= carried
+
+
+def test_deferred_tool_failures_do_not_refire_until_a_fresh_failure() -> None:
+    calls = [{"name": "deploy", "arguments": '{"x": 1}', "status": "error"}] * 2
+    sigs = []
+    for n, user in enumerate(["a", "b", "c"]):
+        sigs += signals_for([interaction(f"ti{n}", user=user, tool_calls=calls)], "team:search")
+    state, triggers = apply_signals(None, list(enumerate(sigs, start=2000)), 0, POLICY.team)
+    [trigger] = triggers
+    done = _synthesis_done(trigger, deferred=[e["event_id"] for e in trigger["evidence"]])
+    state, again = apply_signals(state, [(3000, done)], 0, POLICY.team)
+    assert again == []
+    more = signals_for([interaction("ti9", user="d", tool_calls=calls)], "team:search")
+    state, later = apply_signals(state, [(3001, more[0])], 0, POLICY.team)
+    assert [t["reason"] for t in later] == ["tool_failure_rate:deploy"]

@@ -1,0 +1,1 @@
+"""Benchmarks on the real pipeline (``learnloop bench ...``): quality and performance."""

@@ -1,0 +1,134 @@
+"""Rich tables for benchmark reports (the JSON holds everything; tables show the gist)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def render_quality(report: dict[str, Any], console: Console) -> None:
+    """The quality report: per group, per preference, leakage, changes, context size."""
+    title = (
+        f"learning quality: scenario {report['scenario']} (seed {report['seed']}, "
+        f"{report['events']} events, {report['rounds']} rounds, sink {report['sink']})"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in (
+        "group",
+        "expected",
+        "learned",
+        "recall",
+        "rules",
+        "correct",
+        "precision",
+        "other rules",
+        "missing",
+    ):
+        table.add_column(column, overflow="fold")
+    for g in report["groups"]:
+        if not g["expected"] and not g["rules"]:
+            continue
+        other = ", ".join(f"{k} {v}" for k, v in sorted(g["verdicts"].items()) if k != "correct")
+        if g["proposed"]:
+            other = (other + ", " if other else "") + f"{g['proposed']} awaiting approval"
+        table.add_row(
+            g["group"],
+            str(len(g["expected"])),
+            str(len(g["learned"])),
+            _pct(g["recall"]),
+            str(g["rules"]),
+            str(g["verdicts"].get("correct", 0)),
+            _pct(g["precision"]),
+            other,
+            ", ".join(g["missing"]),
+        )
+    for scope, t in report["totals"].items():
+        table.add_row(
+            f"[bold]{scope} groups[/bold]",
+            str(t["expected"]),
+            str(t["learned"]),
+            _pct(t["recall"]),
+            str(t["rules"]),
+            str(t["correct"]),
+            _pct(t["precision"]),
+            "",
+            "",
+        )
+    console.print(table)
+
+    learn = Table(title="events needed to learn each expected preference", title_justify="left")
+    for column in (
+        "group",
+        "preference",
+        "learned after round",
+        "events in group",
+        "feedback about it",
+        "explanations+edits",
+    ):
+        learn.add_column(column)
+    for row in report["learning"]:
+        at = row["learned_round"]
+        learn.add_row(
+            row["group"],
+            row["target"] + (" (proposed)" if row["status"] == "proposed" else ""),
+            "not learned" if at is None else str(at + 1),
+            "—" if at is None else str(row["events_in_group"]),
+            "—" if at is None else str(row["feedback_about_it"]),
+            "—" if at is None else str(row["explanations_edits"]),
+        )
+    console.print(learn)
+
+    leak = report["leakage"]
+    checks = Table(title="isolation and change", title_justify="left")
+    checks.add_column("check")
+    checks.add_column("result")
+    checks.add_row("cross-group leaks (provenance, rule text, context)", str(leak["cross_group"]))
+    checks.add_row("cross-tenant leaks", str(leak["cross_tenant"]))
+    checks.add_row(
+        "odd users' preferences in team/org/global rules", str(leak["odd_in_team_org_rules"])
+    )
+    checks.add_row(
+        "odd users' preferences in team/org/global examples", str(leak["odd_in_team_org_examples"])
+    )
+    for c in report["changes"]:
+        verdict = (
+            "replaced"
+            if c["replaced"]
+            else ("old rule still live" if c["old_still_live"] else "new rule not learned")
+        )
+        checks.add_row(
+            f"{c['group']}: {c['from']} -> {c['to']}",
+            f"{verdict} ({len(c['old_superseded'])} old rule(s) superseded)",
+        )
+    ctx = report["context"]
+    checks.add_row("prefix changed while memory versions did not", str(ctx["cache_breaks"]))
+    console.print(checks)
+
+    size = Table(title="context per request as feedback grows (tokens)", title_justify="left")
+    for column in (
+        "after round",
+        "events sent",
+        "learnloop mean",
+        "learnloop max",
+        "prefix bytes max",
+        "append-all-feedback mean",
+        "append-all max",
+    ):
+        size.add_column(column, justify="right")
+    for r in ctx["rounds"]:
+        size.add_row(
+            str(r["round"] + 1),
+            str(r["events_sent"]),
+            f"{r['context_tokens_mean']:.0f}",
+            str(r["context_tokens_max"]),
+            str(r["prefix_bytes_max"]),
+            f"{r['naive_tokens_mean']:.0f}",
+            str(r["naive_tokens_max"]),
+        )
+    console.print(size)

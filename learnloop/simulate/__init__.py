@@ -1,0 +1,1 @@
+"""The user simulator: scenario files, a seeded generator, and sinks (Kafka, HTTP)."""
