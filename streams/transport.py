@@ -106,6 +106,23 @@ class ContiguousCommitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         self._first_read: dict[TP, int] = {}
         self._read_offset = _ReadOffsets(self._first_read)
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets, and partitions with none to their beginning.
+
+        After a rebalance Faust drops the records it had fetched under the old
+        generation and seeks back to the committed offsets to read them again; but
+        aiokafka leaves a partition with no committed offset (or offset 0) where it
+        was, so those records were never read again in this process (a successor
+        started after a graceful stop missed a whole bundle of signals). The
+        beginning is what ``auto_offset_reset=earliest`` means for such a partition;
+        anything read twice is deduplicated downstream.
+        """
+        committed = await super().seek_to_committed()
+        for tp, offset in committed.items():
+            if not offset:
+                await self.seek(tp, 0)
+        return committed  # type: ignore[no-any-return]
+
 
 class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
     """Faust's per-partition read offsets, also remembering the first one since assignment."""
