@@ -133,11 +133,11 @@ def _is_replay(state: GroupState, signal: Signal, offset: int, limits: Aggregate
         if applied is not None and position <= applied:
             return True
         state["applied"][key] = position
-        return False
-    # only timer-released signals have no origin; the ring is for them alone (ids of
-    # every signal made the largest groups' states ~8 KB bigger on every write)
-    if signal["signal_id"] in state["recent_ids"]:
+    elif signal["signal_id"] in state["recent_ids"]:
         return True
+    # every signal's id, not only those without an origin: after a restart the expiry
+    # timer can release feedback as an orphan (no origin) that the join had already
+    # released with its interaction before the crash; the ring is what catches that
     state["recent_ids"].append(signal["signal_id"])
     if len(state["recent_ids"]) > limits.max_recent_ids:
         del state["recent_ids"][0]
