@@ -38,8 +38,8 @@ def _trial_events(
     run: str, trial: int, scope: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """(events before the clock starts, the completing event, a word unique to the rule)."""
-    word = f"zeta{run}{trial}"
-    users = [f"lat{run}-{trial}-{k}" for k in range(3 if scope == "team" else 1)]
+    word = f"zeta{run}{scope[0]}{trial}"  # unique per trial: ids and users are never reused
+    users = [f"lat{run}{scope[0]}-{trial}-{k}" for k in range(3 if scope == "team" else 1)]
     team = f"lat{run}-{trial}" if scope == "team" else None
     org = f"latorg{run}"
     events: list[dict[str, Any]] = []
