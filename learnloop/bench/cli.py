@@ -143,7 +143,17 @@ def latency(
         ),
         title_justify="left",
     )
-    for column in ("scope", "trials", "learned", "timed out", "p50 ms", "p95 ms", "max ms"):
+    for column in (
+        "scope",
+        "trials",
+        "learned",
+        "timed out",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "worker p50 ms",
+        "API+poll p50 ms",
+    ):
         table.add_column(column, justify="right")
     for name, row in report["scopes"].items():
         table.add_row(
@@ -153,7 +163,7 @@ def latency(
             str(row["timed_out"]),
             *(
                 ("—" if row[k] is None else f"{row[k]:,.0f}")
-                for k in ("p50_ms", "p95_ms", "max_ms")
+                for k in ("p50_ms", "p95_ms", "max_ms", "worker_p50_ms", "api_p50_ms")
             ),
         )
     console.print(table)

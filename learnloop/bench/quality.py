@@ -120,6 +120,7 @@ class QualityRun:
         sent = 0
         started = time.monotonic()
         rounds_list = list(by_round(events))
+        contexts: dict[str, tuple[set[str], dict[str, Any]]] = {}
         with UpStack(self.workdir, config=self.config) as stack:
             self.progress("pipeline ready", 0, len(rounds_list))
             for index, (round_, batch) in enumerate(rounds_list):
@@ -180,7 +181,7 @@ class QualityRun:
                 self.progress(f"round {round_ + 1}/{len(rounds_list)}", index + 1, len(rounds_list))
             final = {g["group"]: stack.memory(g["group"]) for g in stack.groups()}
             ready_s = stack.ready_s
-        return self._report(
+        report = self._report(
             events,
             truth,
             final,
@@ -191,6 +192,59 @@ class QualityRun:
             ready_s,
             time.monotonic() - started,
         )
+        report["dissenters"] = self._dissenters(truth, final, contexts)
+        return report
+
+    def _dissenters(
+        self,
+        truth: Truth,
+        final: dict[str, dict[str, Any]],
+        contexts: dict[str, tuple[set[str], dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        """Users whose own preference opposes one their team or org learned: whose wins?"""
+        out = []
+        last = self.scenario.rounds - 1
+        for org, team, user in self.scenario.members():
+            for holding in user.prefers:
+                if not holding.active(last):
+                    continue
+                mine = truth.targets[holding.id]
+                for opposed in self.scenario.preference(holding.id).opposes:
+                    theirs = truth.targets[opposed]
+                    for group in (f"team:{team.id}", f"org:{org.id}"):
+                        wide = {
+                            r["item_id"]
+                            for r in live_rules(final.get(group, {}))
+                            if r["status"] == "active" and rule_matches(r["text"], theirs.match)
+                        }
+                        if not wide:
+                            continue
+                        own = {
+                            r["item_id"]
+                            for r in live_rules(final.get(f"user:{user.id}", {}))
+                            if rule_matches(r["text"], mine.match)
+                        }
+                        items = contexts.get(user.id, (set(), {"items": []}))[1]["items"]
+                        shown = {i["item_id"] for i in items}
+                        if not own:
+                            verdict = f"own preference not learned; gets the {group} rule"
+                        elif own & shown and not wide & shown:
+                            verdict = f"own rule in context, the {group} rule dropped"
+                        elif own & shown:
+                            verdict = f"both in context: the {group} rule was not dropped"
+                        else:
+                            verdict = "own rule missing from context"
+                        out.append(
+                            {
+                                "user": user.id,
+                                "holds": holding.id,
+                                "opposes": opposed,
+                                "group": group,
+                                "verdict": verdict,
+                                "ok": bool(own & shown) and not wide & shown,
+                            }
+                        )
+        return out
 
     def _contexts(
         self, stack: UpStack, truth: Truth, round_: int
@@ -297,6 +351,9 @@ class QualityRun:
                     text = " ".join(
                         str(item.get(k) or "") for k in ("text", "response", "corrected")
                     )
+                    wanted = [truth.targets[e.target] for e in expected]
+                    if any(rule_matches(item["text"], t.match) for t in wanted):
+                        continue  # e.g. "too casual, use a formal tone": the team's own rule
                     for target in odd_targets:
                         if rule_matches(text, target.match):
                             odd_leaks.append(
@@ -431,6 +488,19 @@ class QualityRun:
                         for i in snapshot.get("items", [])
                         if i["status"] == "superseded" and rule_matches(i["text"], old_t.match)
                     ]
+                    new_expected = any(
+                        e.group == group and e.target == new for e in truth.expectations
+                    )
+                    if new_live and not old_live:
+                        verdict = "replaced"
+                    elif new_live:
+                        verdict = "old rule still live next to the new one"
+                    elif new_expected:
+                        verdict = "new rule not learned"
+                    elif old_live:
+                        verdict = "old rule still live; too little evidence for the new one yet"
+                    else:
+                        verdict = "neither learned; too little evidence for the new one yet"
                     out.append(
                         {
                             "group": group,
@@ -438,8 +508,10 @@ class QualityRun:
                             "to": new,
                             "old_still_live": old_live,
                             "new_live": new_live,
+                            "new_expected": new_expected,
                             "old_superseded": superseded,
                             "replaced": bool(new_live) and not old_live,
+                            "verdict": verdict,
                         }
                     )
         return out

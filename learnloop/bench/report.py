@@ -97,17 +97,32 @@ def render_quality(report: dict[str, Any], console: Console) -> None:
         "odd users' preferences in team/org/global examples", str(leak["odd_in_team_org_examples"])
     )
     for c in report["changes"]:
-        verdict = (
-            "replaced"
-            if c["replaced"]
-            else ("old rule still live" if c["old_still_live"] else "new rule not learned")
-        )
         checks.add_row(
             f"{c['group']}: {c['from']} -> {c['to']}",
-            f"{verdict} ({len(c['old_superseded'])} old rule(s) superseded)",
+            f"{c['verdict']} ({len(c['old_superseded'])} old item(s) superseded)",
+        )
+    for d in report.get("dissenters", []):
+        checks.add_row(
+            f"dissenter {d['user']}: own {d['holds']} vs {d['group']}'s {d['opposes']}",
+            d["verdict"],
         )
     ctx = report["context"]
     checks.add_row("prefix changed while memory versions did not", str(ctx["cache_breaks"]))
+    rounds = ctx["rounds"]
+    if len(rounds) >= 2:
+        mid, end = rounds[(len(rounds) - 1) // 2], rounds[-1]
+
+        def grew(key: str) -> str:
+            before, after = mid[key], end[key]
+            change = f" ({(after - before) / before:+.0%})" if before else ""
+            return f"{before:.0f} -> {after:.0f}{change}"
+
+        checks.add_row(
+            f"context tokens per request, rounds {mid['round'] + 1} -> {end['round'] + 1} "
+            f"(events {mid['events_sent']} -> {end['events_sent']})",
+            f"learnloop mean {grew('context_tokens_mean')}, max {end['context_tokens_max']} "
+            f"(budget {ctx['budget']}); append-all-feedback mean {grew('naive_tokens_mean')}",
+        )
     console.print(checks)
 
     size = Table(title="context per request as feedback grows (tokens)", title_justify="left")

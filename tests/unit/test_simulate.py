@@ -125,6 +125,7 @@ def _minimal() -> dict:
             ),
             "feedback.rating",
         ),
+        (lambda d: d["preferences"][2].update(opposes=["nobody"]), "preferences.2.opposes.0"),
         (
             lambda d: d["orgs"][0]["teams"][2]["users"][0]["prefers"][0].update(until_round=0),
             "orgs.0.teams.2.users.0.prefers.0.until_round",
