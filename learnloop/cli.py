@@ -1,4 +1,4 @@
-"""The ``learnloop`` command: ``up``, ``worker``, ``api`` and ``emit``."""
+"""The `learnloop` command: up, worker, api, emit, export and rebuild-index."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
 import structlog
@@ -52,7 +52,7 @@ RUNTIME_FILE = "up.json"
 
 
 def _require_bootstrap(settings: Settings, command: str) -> str:
-    if settings.kafka_bootstrap is None and command == "emit":
+    if settings.kafka_bootstrap is None and command in ("emit", "export"):
         runtime = settings.data_dir / RUNTIME_FILE
         if runtime.is_file():  # a running `learnloop up` wrote where its broker is
             return str(orjson.loads(runtime.read_bytes())["bootstrap"])
@@ -189,7 +189,11 @@ def worker(config: ConfigOption = None) -> None:
     from streams.run import run_worker
 
     settings = _settings(config)
-    run_worker(settings, _require_bootstrap(settings, "worker"))
+    try:
+        run_worker(settings, _require_bootstrap(settings, "worker"))
+    except LearnloopError as exc:  # the broker did not answer while creating topics
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -304,6 +308,77 @@ def emit(
     print(orjson.dumps({"sent": sent, "rejected": rejected}).decode())
     if rejected:
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_command(
+    group: Annotated[str, typer.Option(help="The preference group, e.g. team:search.")],
+    fmt: Annotated[str, typer.Option("--format", help="sft, dpo or kto.")],
+    out: Annotated[Path, typer.Option(help="JSONL file to write (replaced atomically).")],
+    config: ConfigOption = None,
+    layout: Annotated[
+        str, typer.Option(help="messages (TRL conversational), prompt_completion or openai.")
+    ] = "messages",
+    since: Annotated[
+        str | None, typer.Option(help="Only feedback at or after this time (ISO 8601 or epoch ms).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only feedback before this time (ISO 8601 or epoch ms).")
+    ] = None,
+    min_agreement: Annotated[
+        float, typer.Option(help="Share of an interaction's ratings that must agree (0-1).")
+    ] = 0.0,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+) -> None:
+    """Export one group's feedback as a fine-tuning dataset (see docs/EXPORT.md).
+
+    Without a bootstrap server it reads from the broker of a running `learnloop up`.
+    Prints a JSON summary: rows written by source, and what was left out and why.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn
+
+    from learnloop.export import ExportError, Format, Layout, export, parse_time_ms
+
+    settings = _settings(config, kafka_bootstrap=bootstrap)
+    servers = _require_bootstrap(settings, "export")
+    try:
+        since_ms = parse_time_ms(since) if since is not None else None
+        until_ms = parse_time_ms(until) if until is not None else None
+    except ExportError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    with Progress(
+        TextColumn("reading events"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("export", total=None)
+        try:
+            summary = asyncio.run(
+                export(
+                    settings,
+                    servers,
+                    group,
+                    cast("Format", fmt),  # export checks it and names the choices
+                    out,
+                    since_ms=since_ms,
+                    until_ms=until_ms,
+                    min_agreement=min_agreement,
+                    layout=cast("Layout", layout),
+                    progress=lambda done: progress.update(task, completed=done),
+                    on_total=lambda total: progress.update(task, total=total),
+                )
+            )
+        except ExportError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        except (LearnloopError, TimeoutError, OSError) as exc:
+            console.print(f"[red]error:[/red] {exc or 'timed out reading the events topic'}")
+            raise typer.Exit(1) from None
+    print(orjson.dumps(summary.as_dict()).decode())
 
 
 from learnloop.bench.cli import bench_app  # noqa: E402  (registered last, imports lazily)

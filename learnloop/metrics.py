@@ -13,6 +13,17 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS_IN = Counter(
     "learnloop_events_in_total", "Events consumed, by stage and event type", ["stage", "type"]
 )
+
+
+def events_in_by_stage() -> dict[str, int]:
+    """Events this process consumed so far, per stage (for its shutdown log line)."""
+    totals: dict[str, int] = {}
+    for metric in EVENTS_IN.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                stage = sample.labels["stage"]
+                totals[stage] = totals.get(stage, 0) + int(sample.value)
+    return totals
 EVENTS_OUT = Counter(
     "learnloop_events_out_total", "Records produced, by stage and kind", ["stage", "kind"]
 )

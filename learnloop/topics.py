@@ -24,6 +24,8 @@ async def ensure_topics(bootstrap: str, settings: Settings, timeout_s: float = 3
         names.versions: settings.partitions,
         names.results: 1,
     }
+    if settings.judge_enabled:
+        wanted[names.judge_requests] = settings.partitions
     compacted = {names.versions}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     try:

@@ -17,6 +17,7 @@ from typing import Any, NotRequired, TypedDict
 
 from processors.groups import scope_of
 from processors.policy import ScopePolicy
+from processors.ratings import believed_weight, is_derived, polarity, rating_fraction
 from processors.signals import Signal
 from processors.sketch import add as sketch_add
 from processors.sketch import estimate, new_sketch
@@ -48,8 +49,10 @@ class GroupState(TypedDict):
     applied: dict[str, list[int]]
     recent_ids: list[str]
     counts: dict[str, int]
-    up: int
+    up: int  # people's ratings only
     down: int
+    derived_up: NotRequired[int]  # the LLM judge's ratings: counted apart, weighed down
+    derived_down: NotRequired[int]
     score_sum: float
     score_n: int
     engagement: dict[str, list[float]]
@@ -97,6 +100,8 @@ def new_state(group: str) -> GroupState:
         "counts": {},
         "up": 0,
         "down": 0,
+        "derived_up": 0,
+        "derived_down": 0,
         "score_sum": 0.0,
         "score_n": 0,
         "engagement": {},
@@ -225,12 +230,19 @@ def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
             len(state["contributors"]), estimate(state["contributors_sketch"])
         )
     if kind == "rating":
-        value = payload.get("value")
-        if value is None and payload.get("score") is not None and payload.get("scale"):
-            state["score_sum"] += float(payload["score"]) / float(payload["scale"])
-            state["score_n"] += 1
-            value = 1 if payload["score"] / payload["scale"] >= 0.6 else -1
-        if value == 1:
+        if payload.get("value") is None:
+            fraction = rating_fraction(None, payload.get("score"), payload.get("scale"))
+            if fraction is not None:
+                state["score_sum"] += fraction
+                state["score_n"] += 1
+        value = polarity("rating", payload)  # neutral scores count in neither direction
+        if is_derived(payload):
+            # a machine's guess: never in people's counts or the down-vote rate
+            if value == 1:
+                state["derived_up"] = state.get("derived_up", 0) + 1
+            elif value == -1:
+                state["derived_down"] = state.get("derived_down", 0) + 1
+        elif value == 1:
             state["up"] += 1
             bucket[2] += 1
         elif value == -1:
@@ -315,8 +327,9 @@ def decide_trigger(
     )
     if fresh and support >= policy.min_evidence and users >= policy.min_users:
         return "evidence"
-    raters = {e["user_id"] for e in state["rated"]}
-    if len(state["rated"]) >= max(policy.min_evidence, 5) and len(raters) >= policy.min_users:
+    # engagement and derived ratings weigh less and count only in aggregate
+    rated_weight, raters = believed_weight(state["rated"])
+    if rated_weight >= max(policy.min_evidence, 5) and len(raters) >= policy.min_users:
         return "ratings"
     if _downvote_jump(state, now_ms, policy):
         return "downvote_rate_jump"
@@ -391,6 +404,10 @@ def stats_view(state: GroupState) -> dict[str, Any]:
         "thumbs_up": state["up"],
         "thumbs_down": state["down"],
         "downvote_rate": state["down"] / ratings if ratings else None,
+        "derived_ratings": {
+            "up": state.get("derived_up", 0),
+            "down": state.get("derived_down", 0),
+        },
         "mean_score": state["score_sum"] / state["score_n"] if state["score_n"] else None,
         "engagement": {k: {"count": v[0], "sum": v[1]} for k, v in state["engagement"].items()},
         "tools": {

@@ -203,6 +203,28 @@ def _admit(
     live.append(candidate)
 
 
+def decay_items(
+    current: list[MemoryItem], now_ms: int, config: ConsolidationConfig
+) -> tuple[list[MemoryItem], list[Change]]:
+    """A decay pass: consolidation with no candidates, so no embedder is needed."""
+    return consolidate(current, [], now_ms, config, _NO_EMBEDDER)
+
+
+class _NoEmbedder:
+    """Stands in where nothing may be embedded; using it is a bug."""
+
+    dim = 0
+    name = "none"
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if texts:
+            raise RuntimeError("a decay pass must not embed anything")
+        return []
+
+
+_NO_EMBEDDER: Final = _NoEmbedder()
+
+
 def consolidate(
     current: list[MemoryItem],
     candidates: list[MemoryItem],
@@ -229,7 +251,9 @@ def consolidate(
         (copy.deepcopy(c) for c in candidates),
         key=lambda c: (KIND_ORDER.get(c["kind"], 99), c["item_id"]),
     )
-    vectors = _Vectors(embedder, [i["text"] for i in live] + [c["text"] for c in fresh])
+    # nothing is embedded on a decay pass (no candidates): the timer's passes stay cheap
+    texts = [i["text"] for i in live] + [c["text"] for c in fresh] if fresh else []
+    vectors = _Vectors(embedder, texts)
     added: set[str] = set()
     for candidate in fresh:
         candidate["strength"] = min(candidate["strength"], config.max_strength)

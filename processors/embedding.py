@@ -6,13 +6,15 @@ answers that without a model: feature hashing (blake2b, so identical on every
 machine and run) of normalised word unigrams and bigrams, lightly stemmed, with a
 small synonym table for words feedback uses interchangeably, plus character
 trigrams for spelling and morphology. Dense models (sentence-transformers, an
-OpenAI-compatible endpoint) implement the same :class:`Embedder` protocol elsewhere.
+OpenAI-compatible endpoint) implement the same :class:`Embedder` protocol in
+``learnloop/embeddings``; the settings choose one (``embedder.kind``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import operator
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -22,10 +24,18 @@ from typing import Final, Protocol
 
 
 class Embedder(Protocol):
-    """Turns texts into unit-length vectors whose dot product is their similarity."""
+    """Turns texts into unit-length vectors whose dot product is their similarity.
 
-    dim: int
-    name: str
+    Implementations: :class:`HashingEmbedder` here (offline default); a local
+    sentence-transformers model and an OpenAI-compatible endpoint in
+    ``learnloop/embeddings`` (they may do I/O, so they say ``blocking = True``).
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
@@ -283,9 +293,41 @@ class HashingEmbedder:
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     """Cosine similarity; 0.0 when either vector is zero."""
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    na = math.sqrt(sum(x * x for x in a))
-    nb = math.sqrt(sum(y * y for y in b))
+    if len(a) != len(b):
+        raise ValueError(f"vectors of different lengths: {len(a)} and {len(b)}")
+    # map(mul) is the same products summed in the same order as a generator, ~3x faster
+    dot: float = sum(map(operator.mul, a, b))
+    na = math.sqrt(sum(map(operator.mul, a, a)))
+    nb = math.sqrt(sum(map(operator.mul, b, b)))
     if na == 0.0 or nb == 0.0:
         return 0.0
     return dot / (na * nb)
+
+
+def cosine_matrix(vectors: Sequence[Sequence[float]]) -> list[list[float]]:
+    """``[[cosine(u, v) for v in vectors] for u in vectors]``, bit for bit, much faster.
+
+    Hashed vectors have a few dozen non-zeros in hundreds of dimensions, and a zero
+    product adds nothing to a float sum, so summing only the products of shared
+    non-zeros, in ascending index order, gives exactly the same floats. Each pair
+    is computed once (the matrix is symmetric). Clustering a synthesis trigger's
+    evidence is n² cosines: this was the memory stage's largest cost in the
+    throughput profile.
+    """
+    if len({len(v) for v in vectors}) > 1:
+        raise ValueError("vectors of different lengths")
+    sparse = [[(i, x) for i, x in enumerate(v) if x] for v in vectors]
+    lookup = [dict(nz) for nz in sparse]
+    norms = [math.sqrt(sum(x * x for _, x in nz)) for nz in sparse]
+    n = len(vectors)
+    sims = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        if norms[i] == 0.0:
+            continue
+        for j in range(i, n):
+            if norms[j] == 0.0:
+                continue
+            other = lookup[j]
+            dot = sum(x * other[k] for k, x in sparse[i] if k in other)
+            sims[i][j] = sims[j][i] = dot / (norms[i] * norms[j])
+    return sims

@@ -10,11 +10,13 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 GROUP_KINDS = ("user", "team", "org", "global")
+Operator = Literal["equals", "glob", "prefix", "in", "exists"]
+OPERATORS: tuple[str, ...] = get_args(Operator)
 _VALUE_RE = re.compile(r"^[A-Za-z0-9_.@/*\-]+$")
 
 
@@ -25,9 +27,21 @@ class DerivedGroupRule(BaseModel):
 
     name: str = Field(min_length=1)
     key: str = Field(min_length=1)
-    op: Literal["equals", "glob", "prefix", "in", "exists"] = "equals"
+    op: Operator = "equals"
     value: str | list[str] | None = None
     group: str = Field(min_length=3, description="e.g. 'persona:{value}' or 'path:billing'")
+
+    @field_validator("op", mode="before")
+    @classmethod
+    def _known_operator(cls, value: Any, info: ValidationInfo) -> Any:
+        """Name the rule: with several rules, an index alone is hard to trace back."""
+        if value not in OPERATORS:
+            name = info.data.get("name", "?")
+            raise ValueError(
+                f"rule {name}: field op has unknown operator {value!r}; "
+                f"use one of {', '.join(OPERATORS)}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> DerivedGroupRule:

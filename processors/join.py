@@ -5,15 +5,28 @@ join, the dedupe and the expiry of one interaction live in one bounded value.
 Feedback that arrives before its interaction waits in the slot; :func:`expire`
 releases it after ``wait_ms`` (processed without the interaction, or
 dead-lettered, as configured) and drops slots older than the retention.
+
+The slot is also where "nobody gave feedback on this" is known: an interaction in
+the judge's sample keeps a :class:`~processors.judging.JudgeCandidate` until
+explicit feedback arrives (which cancels it) or its feedback window closes, when
+:func:`expire_judging` turns it into a judge request.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, TypedDict, cast
+from dataclasses import dataclass, field
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from processors.groups import DerivedGroupRule, resolve_groups
 from processors.implicit import trajectory_flags
+from processors.judging import (
+    DERIVED_BY_KEY,
+    JudgeCandidate,
+    JudgeConfig,
+    JudgeRequest,
+    is_derived,
+    sampled,
+)
 from processors.signals import DeadLetter, Signal
 from schemas.events import FEEDBACK_TYPES, EventRecord
 
@@ -35,6 +48,11 @@ class JoinSlot(TypedDict):
     seen: list[str]
     pending: list[PendingFeedback]
     touched_ms: int
+    judge: NotRequired[JudgeCandidate | None]  # sampled and not yet rated by anyone
+
+
+#: feedback a person gives on purpose; engagement is implicit and does not count
+EXPLICIT_TYPES = frozenset({"rating", "explanation", "edit"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +65,7 @@ class JoinConfig:
     orphan_feedback: Literal["process", "dead_letter"] = "process"
     max_seen: int = 256
     max_pending: int = 64
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def empty_slot(now_ms: int) -> JoinSlot:
@@ -61,6 +80,9 @@ def _signals(
 ) -> list[Signal]:
     kind = event["type"]
     payload = cast(dict[str, Any], event.get(kind) or {})
+    if kind == "rating" and is_derived(event["metadata"]):
+        # the mark travels with the signal so aggregation and synthesis weigh it down
+        payload = {**payload, DERIVED_BY_KEY: event["metadata"][DERIVED_BY_KEY]}
     flags: list[str] = []
     query = response = None
     if kind == "interaction":
@@ -90,6 +112,22 @@ def _signals(
         }
         for group in groups
     ]
+
+
+def _explicit(event: EventRecord) -> bool:
+    return event["type"] in EXPLICIT_TYPES and not is_derived(event["metadata"])
+
+
+def _candidate(event: EventRecord, now_ms: int, config: JudgeConfig) -> JudgeCandidate:
+    payload = cast(dict[str, Any], event.get("interaction") or {})
+    return {
+        "interaction_id": event["interaction_id"] or event["event_id"],
+        "due_ms": now_ms + config.after_ms,
+        "team_id": event["team_id"],
+        "org_id": event["org_id"],
+        "metadata": dict(event["metadata"]),
+        "tool_calls": [dict(call) for call in payload.get("tool_calls") or []],
+    }
 
 
 def _remember(slot: JoinSlot, event_id: str, config: JoinConfig) -> None:
@@ -128,6 +166,16 @@ def process_event(
         }
         _remember(state, event["event_id"], config)
         out.extend(_signals(event, None, None, config))
+        iid = event["interaction_id"] or event["event_id"]
+        rated = any(_explicit(p["event"]) for p in state["pending"])
+        if (
+            config.judge.enabled
+            and not rated
+            and sampled(iid, config.judge.sample_rate, config.judge.seed)
+        ):
+            state["judge"] = _candidate(event, now_ms, config.judge)
+        else:
+            state["judge"] = None
         for waiting in state["pending"]:
             _remember(state, waiting["event"]["event_id"], config)
             out.extend(_signals(waiting["event"], state["interaction"], None, config))
@@ -149,6 +197,8 @@ def process_event(
     else:
         _remember(state, event["event_id"], config)
         out.extend(_signals(event, state["interaction"], None, config))
+        if _explicit(event):
+            state["judge"] = None  # a person rated it: the judge is not asked
     for index, signal in enumerate(out):
         signal["origin"] = [partition, offset, index]
     return state, out, dead
@@ -182,3 +232,37 @@ def expire(
     if not keep and now_ms - slot["touched_ms"] >= config.retention_ms:
         return None, out, dead
     return slot, out, dead
+
+
+def expire_judging(slot: JoinSlot, now_ms: int) -> tuple[JoinSlot, list[JudgeRequest]]:
+    """A judge request for a sampled interaction whose feedback window closed unrated.
+
+    The candidate is cleared, so the request is made once; the caller writes the
+    slot only after the request is delivered, so a crash in between repeats it
+    (the judge's ratings have deterministic ids, so a repeat is harmless).
+    """
+    candidate = slot.get("judge")
+    interaction = slot["interaction"]
+    if candidate is None or interaction is None or now_ms < candidate["due_ms"]:
+        return slot, []
+    slot["judge"] = None
+    request: JudgeRequest = {
+        "request_id": f"judge:{candidate['interaction_id']}",
+        "interaction_id": candidate["interaction_id"],
+        "user_id": interaction["user_id"],
+        "team_id": candidate["team_id"],
+        "org_id": candidate["org_id"],
+        "metadata": candidate["metadata"],
+        "query": interaction["query"],
+        "response": interaction["response"],
+        "tool_calls": candidate["tool_calls"],
+        "timestamp": interaction["timestamp"],
+        "attempt": 0,
+        "not_before_ms": 0,
+    }
+    return slot, [request]
+
+
+def judging_due(slot: JoinSlot, now_ms: int) -> bool:
+    candidate = slot.get("judge")
+    return candidate is not None and now_ms >= candidate["due_ms"]

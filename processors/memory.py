@@ -59,14 +59,17 @@ class Snapshot(TypedDict):
     group: str
     version: int
     parent: int | None
-    # synthesis:<trigger>, edit, delete, approve, reject, rollback:<v>, reset, forget_user
+    # synthesis:<trigger>, edit, delete, approve, reject, rollback:<v>, reset, forget_user,
+    # decay (the periodic pass: items without new support fade and retire)
     reason: str
     created_ms: int
     items: list[MemoryItem]
     actor: NotRequired[str | None]  # who asked for a manual change (API key name)
 
 
-CommandType = Literal["edit", "delete", "approve", "reject", "rollback", "reset", "forget_user"]
+CommandType = Literal[
+    "edit", "delete", "approve", "reject", "rollback", "reset", "forget_user", "decay"
+]
 
 
 class MemoryCommand(TypedDict):

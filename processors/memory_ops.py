@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypedDict
 
+from processors.consolidate import ConsolidationConfig, decay_items
 from processors.memory import MemoryCommand, MemoryItem, Snapshot
 
 EDITABLE_FIELDS = frozenset({"text", "status"})
@@ -66,8 +67,13 @@ def apply_command(
     command: MemoryCommand,
     now_ms: int,
     rollback_items: Sequence[MemoryItem] | None = None,
+    decay_config: ConsolidationConfig | None = None,
 ) -> tuple[Snapshot, Rejection | None]:
-    """Apply one command; ``rollback_items`` are the target version's items (from the log)."""
+    """Apply one command; ``rollback_items`` are the target version's items (from the log).
+
+    ``decay`` (sent by the decay timer) needs ``decay_config``: it makes a version only
+    when some item actually faded, retired or was evicted.
+    """
     kind = command["type"]
     actor = command.get("actor")
     items = current["items"]
@@ -122,6 +128,13 @@ def apply_command(
         if not 0 <= version <= current["version"]:
             return reject(f"version {version} does not exist")
         return next_snapshot(current, rollback_items, f"rollback:{version}", now_ms, actor), None
+    if kind == "decay":
+        if decay_config is None:
+            return reject("decay needs the consolidation settings")
+        decayed, faded = decay_items(list(items), now_ms, decay_config)
+        if not faded:
+            return reject("nothing to decay")
+        return next_snapshot(current, decayed, "decay", now_ms, actor), None
     if kind == "reset":
         return next_snapshot(current, [], "reset", now_ms, actor), None
     if kind == "forget_user":

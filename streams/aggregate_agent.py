@@ -91,5 +91,6 @@ def register(app: WorkerApp) -> None:
         async for events in stream.noack_take(
             settings.batch_max_events, within=settings.batch_max_wait_s
         ):
-            await run_isolated(app, STAGE, list(events), aggregate_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), aggregate_batch)
+                await ack_all(stream, events)

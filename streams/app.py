@@ -5,6 +5,7 @@ Data flow (topic -> agent -> topic)::
     events (key: interaction id) --join--> signals (key: group) --aggregate--> triggers
     triggers + memory-commands (key: group) --memory--> memory-versions, memory-results
     memory --(synthesis done, forget user)--> signals
+    join --(sampled interaction nobody rated)--> judge-requests --judge--> events
     anything undecodable or failing --> dead letters
 
 The agents are thin: decode, call a processor, send outputs, write the table.
@@ -20,16 +21,20 @@ import faust
 import structlog
 from mode.utils.times import Seconds
 
+from learnloop import metrics
 from learnloop.codec import make_codec
+from learnloop.embeddings import make_embedder
 from learnloop.settings import Settings
 from processors.aggregate import AggregateLimits
 from processors.consolidate import Change, ConsolidationConfig, consolidate
-from processors.embedding import HashingEmbedder
+from processors.embedding import Embedder
 from processors.join import JoinConfig
+from processors.judging import JudgeConfig
 from processors.memory import MemoryItem
 from processors.synthesis import Synthesizer
 from processors.synthesis.offline import OfflineSynthesizer
 from schemas import EventCodec
+from streams.draining import InFlight
 from streams.tables import ExplicitPartitionTable
 
 log = structlog.get_logger(__name__)
@@ -50,10 +55,14 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     versions_topic: faust.TopicT
     results_topic: faust.TopicT
     memory_inputs: faust.TopicT
+    judge_requests_topic: faust.TopicT
+    judge_client: Any
     join_slots: ExplicitPartitionTable
     group_state: ExplicitPartitionTable
     memory: ExplicitPartitionTable
     synthesizer: Synthesizer
+    consolidation_config: ConsolidationConfig
+    embedder: Embedder
     consolidate: Callable[
         [list[MemoryItem], list[MemoryItem], int], tuple[list[MemoryItem], list[Change]]
     ]
@@ -61,6 +70,38 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     ready: asyncio.Event
     #: join-slot keys known to hold feedback waiting for its interaction
     pending_slots: set[str]
+    #: micro-batches taken and not yet acked (see streams/draining.py)
+    in_flight: InFlight
+    stopping: bool = False
+
+    async def on_stop(self) -> None:
+        self.stopping = True
+        await super().on_stop()
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        """Faust's hook after the partitions are paused: at shutdown, drain and commit.
+
+        Faust calls it on a rebalance too, where we do nothing: its own
+        ``wait_empty`` is off (``stream_wait_empty=False``) because it can wait
+        forever on messages cleared from the agents' buffers (Faust #402).
+        """
+        if not self.stopping:
+            return
+        timeout_s = self.settings.shutdown_drain_s
+        drained = await self.in_flight.wait_idle(timeout_s)
+        try:
+            committed = bool(await asyncio.wait_for(consumer.commit(), timeout_s))
+        except TimeoutError:
+            committed = None  # unknown: the periodic commit may still have made it
+        log.info(
+            "worker drained",
+            drained=drained,
+            batches_cut=self.in_flight.count,
+            new_offsets_committed=committed,
+            processed=metrics.events_in_by_stage(),
+        )
+    #: join-slot key -> when its interaction is due for the judge (if nobody rates it)
+    judge_slots: dict[str, int]
 
 
 def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable:
@@ -75,7 +116,7 @@ def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable
     return app.tables.add(table)  # type: ignore[no-any-return]
 
 
-def _synthesizer(settings: Settings, embedder: HashingEmbedder) -> Any:
+def _synthesizer(settings: Settings, embedder: Embedder) -> Any:
     """The offline synthesizer by default; the LLM one when configured."""
     if settings.synthesizer == "llm" and settings.llm is not None:
         from learnloop.synthesis.llm import LLMSynthesizer
@@ -147,6 +188,11 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
         orphan_feedback=settings.orphan_feedback,
         max_seen=settings.max_seen_ids_per_interaction,
         max_pending=settings.max_pending_per_interaction,
+        judge=JudgeConfig(
+            sample_rate=settings.judge.sample_rate if settings.judge_enabled else 0.0,
+            after_ms=int(settings.judge.after_s * 1000),
+            seed=settings.judge.seed,
+        ),
     )
     app.aggregate_limits = AggregateLimits()
     names = settings.topics
@@ -161,10 +207,14 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     )
     app.results_topic = app.topic(names.results, partitions=1, **raw)
     app.memory_inputs = app.topic(names.triggers, names.commands, **raw)
+    app.judge_requests_topic = app.topic(
+        names.judge_requests, partitions=settings.partitions, **raw
+    )
     app.join_slots = _table(app, "join-slots", settings.partitions)
     app.group_state = _table(app, "group-state", settings.partitions)
     app.memory = _table(app, "memory", settings.partitions)
-    embedder = HashingEmbedder()
+    embedder = make_embedder(settings.embedder)
+    app.embedder = embedder
     app.synthesizer = _synthesizer(settings, embedder)
     config = ConsolidationConfig(
         max_items=settings.max_items_per_group,
@@ -179,14 +229,22 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
         return consolidate(current, candidates, now, config, embedder)
 
     app.consolidate = consolidate_items
+    app.consolidation_config = config
     app.ready = asyncio.Event()
     app.pending_slots = set()
+    app.in_flight = InFlight()
+    app.judge_slots = {}
 
-    from streams import aggregate_agent, join_agent, lag, memory_agent, web
+    from streams import aggregate_agent, decay_timer, join_agent, lag, memory_agent, web
 
     lag.register(app)
     join_agent.register(app)
     aggregate_agent.register(app)
     memory_agent.register(app)
+    decay_timer.register(app)
+    if settings.judge_enabled:
+        from streams import judge_agent
+
+        judge_agent.register(app)
     web.register(app)
     return app

@@ -3,8 +3,9 @@
 Per micro-batch: decode each event (bad ones become dead letters), re-route
 events whose Kafka key is not their interaction id, fold each into its
 interaction's slot, deliver signals and dead letters, then write each touched
-slot once. A timer releases feedback that waited too long for its interaction
-and drops slots past their retention.
+slot once. A timer releases feedback that waited too long for its interaction,
+asks the judge about sampled interactions nobody gave feedback on (when the judge
+is on), and drops slots past their retention.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import orjson
 import structlog
 
 from learnloop import metrics
-from processors.join import JoinSlot, expire, process_event
+from processors.join import JoinSlot, expire, expire_judging, judging_due, process_event
+from processors.judging import JudgeRequest
 from processors.signals import DeadLetter, Signal
 from schemas import DecodeError
 from streams.dead_letters import dead_letter
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
+from streams.partitioning import default_partition, partition_count
 
 if TYPE_CHECKING:
     from streams.app import WorkerApp
@@ -34,6 +37,16 @@ SWEEP_EVERY = 60
 def _signal_out(app: WorkerApp, signal: Signal) -> Outgoing:
     return Outgoing(
         topic=app.signals_topic, key=signal["group"].encode(), value=orjson.dumps(signal)
+    )
+
+
+def _judge_out(app: WorkerApp, request: JudgeRequest, partition: int) -> Outgoing:
+    # same key and partition count as the events topic: the request stays with its slot
+    return Outgoing(
+        topic=app.judge_requests_topic,
+        key=request["interaction_id"].encode(),
+        value=orjson.dumps(request),
+        partition=partition,
     )
 
 
@@ -58,6 +71,7 @@ async def join_batch(app: WorkerApp, events: list[Any]) -> None:
     table = app.join_slots
     touched: dict[str, tuple[int, JoinSlot]] = {}
     out: list[Outgoing] = []
+    partitions = partition_count(app, app.settings.topics.events, app.settings.partitions)
     for event in events:
         message = event.message
         source = (message.topic, message.partition, message.offset)
@@ -80,9 +94,13 @@ async def join_batch(app: WorkerApp, events: list[Any]) -> None:
             continue
         metrics.EVENTS_IN.labels(STAGE, record["type"]).inc()
         slot_key = record["interaction_id"] or record["event_id"]
-        if message.key != slot_key.encode():
-            # not co-partitioned with its interaction: send it to the right partition
-            out.append(Outgoing(app.events_topic, slot_key.encode(), message.value))
+        key = slot_key.encode()
+        home = default_partition(key, partitions)
+        if message.key != key or message.partition != home:
+            # not co-partitioned with its interaction (wrong key, or a producer that
+            # chose the partition itself): forward it; the slot dedupes a re-forward
+            out.append(Outgoing(app.events_topic, key, message.value, partition=home))
+            metrics.EVENTS_OUT.labels(STAGE, "forwarded").inc()
             continue
         current = touched.get(slot_key)
         slot = current[1] if current else _load(table, slot_key)
@@ -95,6 +113,11 @@ async def join_batch(app: WorkerApp, events: list[Any]) -> None:
         touched[slot_key] = (message.partition, slot)
         if slot["pending"]:
             app.pending_slots.add(slot_key)
+        candidate = slot.get("judge")
+        if candidate is not None:
+            app.judge_slots[slot_key] = candidate["due_ms"]
+        else:
+            app.judge_slots.pop(slot_key, None)
         out.extend(_signal_out(app, s) for s in signals)
         out.extend(_dead_out(app, d, source) for d in dead)
     await deliver(STAGE, out, app.settings.external_timeout_s)
@@ -125,8 +148,14 @@ async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
     }
     out: list[Outgoing] = []
     writes: list[tuple[str, int, JoinSlot | None]] = []
-    keys = list(table.data.keys()) if full_sweep else list(app.pending_slots)
+    due = [key for key, due_ms in app.judge_slots.items() if due_ms <= now]
+    if full_sweep:
+        keys = list(table.data.keys())
+    else:
+        keys = list(dict.fromkeys([*app.pending_slots, *due]))
     app.pending_slots.clear()
+    for key in due:
+        del app.judge_slots[key]
     for key in keys:
         stored = table.data.get(key)
         if stored is None:
@@ -134,8 +163,17 @@ async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
         partition, slot = stored
         if partition not in assigned:
             continue
-        if not slot["pending"] and now - slot["touched_ms"] < app.join_config.retention_ms:
+        judge_now = judging_due(slot, now)
+        if (
+            not slot["pending"]
+            and not judge_now
+            and now - slot["touched_ms"] < app.join_config.retention_ms
+        ):
+            if slot.get("judge") is not None:  # found by a sweep after a restart
+                app.judge_slots[key] = slot["judge"]["due_ms"]  # type: ignore[index]
             continue
+        slot, requests = expire_judging(slot, now)
+        out.extend(_judge_out(app, r, partition) for r in requests)
         new_slot, signals, dead = expire(slot, now, app.join_config)
         out.extend(_signal_out(app, s) for s in signals)
         out.extend(_dead_out(app, d, (app.settings.topics.events, partition, -1)) for d in dead)
@@ -160,8 +198,9 @@ def register(app: WorkerApp) -> None:
         async for events in stream.noack_take(
             settings.batch_max_events, within=settings.batch_max_wait_s
         ):
-            await run_isolated(app, STAGE, list(events), join_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), join_batch)
+                await ack_all(stream, events)
 
     ticks = 0
 

@@ -20,6 +20,7 @@ import orjson
 import structlog
 
 from learnloop import metrics
+from learnloop.embeddings import embed_off_loop
 from learnloop.synthesis.errors import SynthesisUnavailable
 from processors.aggregate import FORGET_USER, SYNTHESIS_DONE, Trigger
 from processors.memory import MemoryCommand, Snapshot
@@ -78,12 +79,24 @@ async def _synthesize(
     """
     started = time.perf_counter()
     synthesizer = app.synthesizer
-    outcome = synthesizer.synthesize(trigger, current["items"], now)
-    if inspect.isawaitable(outcome):
+    budget_s = _embed_budget_s(app)
+    if inspect.iscoroutinefunction(synthesizer.synthesize):
         llm = app.settings.llm
-        outcome = await asyncio.wait_for(outcome, (llm.max_total_s if llm else 120.0) + 10)
-    result = outcome
-    items, changes = app.consolidate(current["items"], result["items"], now)
+        result = await asyncio.wait_for(
+            synthesizer.synthesize(trigger, current["items"], now),
+            (llm.max_total_s if llm else 120.0) + 10,
+        )
+        items, changes = await embed_off_loop(
+            app.embedder, lambda: app.consolidate(current["items"], result["items"], now), budget_s
+        )
+    else:
+
+        def work() -> tuple[Any, tuple[list[Any], list[Any]]]:
+            found = synthesizer.synthesize(trigger, current["items"], now)
+            return found, app.consolidate(current["items"], found["items"], now)
+
+        # a dense or remote embedder runs in a thread with a deadline, never on the loop
+        result, (items, changes) = await embed_off_loop(app.embedder, work, budget_s)
     if not getattr(synthesizer, "records_metrics", False):
         metrics.SYNTHESIS_REQUESTS.labels(synthesizer.name, "ok").inc()
         metrics.SYNTHESIS_SECONDS.labels(synthesizer.name).observe(time.perf_counter() - started)
@@ -176,7 +189,13 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
             }
         else:
             command: MemoryCommand = value
-            new, rejection = apply_command(current, command, now, value.get("rollback_items"))
+            new, rejection = apply_command(
+                current,
+                command,
+                now,
+                value.get("rollback_items"),
+                decay_config=app.consolidation_config,
+            )
             if rejection is not None:
                 snapshot = current
                 result = {
@@ -231,6 +250,12 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
 
 
+def _embed_budget_s(app: WorkerApp) -> float:
+    """Deadline for synthesis work that embeds: every retry of the embedder, plus compute."""
+    embedder = app.settings.embedder
+    return embedder.timeout_s * (embedder.max_retries + 1) + 30.0
+
+
 def _retry_later(
     app: WorkerApp, trigger: dict[str, Any], exc: BaseException, now: int, partition: int
 ) -> Outgoing:
@@ -275,5 +300,6 @@ def register(app: WorkerApp) -> None:
     @app.agent(app.memory_inputs, name="memory")  # type: ignore[misc]
     async def memory(stream: Any) -> None:
         async for events in stream.noack_take(100, within=settings.batch_max_wait_s):
-            await run_isolated(app, STAGE, list(events), memory_batch)
-            await ack_all(stream, events)
+            async with app.in_flight:
+                await run_isolated(app, STAGE, list(events), memory_batch)
+                await ack_all(stream, events)

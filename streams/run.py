@@ -1,20 +1,34 @@
-"""Running a worker: start the Faust app in this process until told to stop."""
+"""Running a worker: create its topics, then start the Faust app until told to stop."""
 
 from __future__ import annotations
+
+import asyncio
 
 import faust
 import structlog
 
 from learnloop.settings import Settings
+from learnloop.topics import ensure_topics
 from streams.app import create_app
 
 log = structlog.get_logger(__name__)
 
 
 def run_worker(settings: Settings, bootstrap: str | None = None) -> None:
-    """Block running one worker; SIGTERM/SIGINT stop it gracefully (commit, leave group)."""
+    """Block running one worker; SIGTERM/SIGINT stop it gracefully (commit, leave group).
+
+    The topics are created first, as ``learnloop api`` and ``up`` do: Faust creates
+    only the topics its agents read, so the ones the worker only writes (dead
+    letters, results) would otherwise be auto-created by the broker with its default
+    partition count on the first send. Raises ``BrokerError`` if the broker does not
+    answer in time.
+    """
+    servers = bootstrap or settings.kafka_bootstrap
+    if servers is None:
+        raise ValueError("run_worker needs a bootstrap server")
+    asyncio.run(ensure_topics(servers, settings))
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, bootstrap=bootstrap)
+    app = create_app(settings, bootstrap=servers)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level.upper(),

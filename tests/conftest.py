@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learnloop.api.group_view import _table_key, changelog_topic
 from learnloop.embedded.broker import EmbeddedBroker, free_port
+from learnloop.settings import TopicNames
 
 
 @pytest.fixture(scope="session")
@@ -36,23 +37,34 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         embedded.stop()
 
 
-@pytest.fixture
-def stack_env(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
-    """LEARNLOOP_* variables for processes of one test: unique topics and app id."""
+def unique_env(broker: EmbeddedBroker, data_dir: Path, **extra: str) -> dict[str, str]:
+    """LEARNLOOP_* variables for the processes of one test or module.
+
+    Its own app id (so its own consumer group and changelogs) and every topic of
+    :class:`TopicNames` its own, so no test sees another's events, commands or
+    versions. ``extra`` adds or overrides variables.
+    """
     unique = uuid.uuid4().hex[:10]
     return {
         "LEARNLOOP_KAFKA_BOOTSTRAP": broker.bootstrap,
         "LEARNLOOP_BROKER_TRUE_END_OFFSETS": "true",
         "LEARNLOOP_APP_ID": f"ll-{unique}",
-        "LEARNLOOP_TOPICS__EVENTS": f"events-{unique}",
-        "LEARNLOOP_TOPICS__SIGNALS": f"signals-{unique}",
-        "LEARNLOOP_TOPICS__TRIGGERS": f"triggers-{unique}",
-        "LEARNLOOP_TOPICS__DEAD_LETTERS": f"dead-{unique}",
-        "LEARNLOOP_DATA_DIR": str(tmp_path / "data"),
+        **{
+            f"LEARNLOOP_TOPICS__{name.upper()}": f"{name.replace('_', '-')}-{unique}"
+            for name in TopicNames.model_fields
+        },
+        "LEARNLOOP_DATA_DIR": str(data_dir),
         "LEARNLOOP_LOG_FORMAT": "json",
         "LEARNLOOP_JOIN_WAIT_S": "2",
         "LEARNLOOP_PARTITIONS": "4",
+        **extra,
     }
+
+
+@pytest.fixture
+def stack_env(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
+    """LEARNLOOP_* variables for processes of one test: unique topics and app id."""
+    return unique_env(broker, tmp_path / "data")
 
 
 class WorkerProcess:
@@ -94,12 +106,15 @@ class WorkerProcess:
             f"worker not ready in {timeout_s} s: {self.log_path.read_text()[-3000:]}"
         )
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples, only those with ``labels`` if given."""
         text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith(name + "{") or line.startswith(name + " ")
+            if (line.startswith(name + "{") or line.startswith(name + " "))
+            and all(label in line for label in wanted)
         )
 
     def kill(self) -> None:

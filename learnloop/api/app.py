@@ -24,6 +24,7 @@ from learnloop import metrics
 from learnloop.api import problems
 from learnloop.api.auth import CallerDep
 from learnloop.api.body import read_limited
+from learnloop.api.export_routes import build_export_router
 from learnloop.api.group_view import GroupView
 from learnloop.api.memory_log import MemoryLog
 from learnloop.api.memory_routes import build_router
@@ -45,6 +46,7 @@ class Services:
     producer: EventProducer
     groups: GroupView
     memory: MemoryLog
+    bootstrap: str  # for readers that start from the beginning of a topic (exports)
 
     async def start(self) -> None:
         await self.producer.start()
@@ -218,6 +220,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         return stats
 
     app.include_router(build_router(settings, services))
+    app.include_router(build_export_router(settings, services))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -19,12 +19,15 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learnloop import metrics
+from learnloop.embeddings.factory import embed_off_loop
 from learnloop.store.port import Point, VectorStore
 from processors.embedding import Embedder
 from processors.groups import scope_of
 from processors.memory import MemoryItem, Snapshot
 
 log = structlog.get_logger(__name__)
+#: bound on one embedding call made for the index (a remote or dense embedder)
+EMBED_TIMEOUT_S = 60.0
 COLLECTION = "memory"
 INDEXED_STATUSES = ("active", "proposed")
 KEYWORD_FIELDS = ("group", "kind", "status")
@@ -62,7 +65,8 @@ class MemoryLog:
         self.caught_up = asyncio.Event()
 
     async def start(self) -> None:
-        await self.store.ensure_collection(COLLECTION, self.embedder.dim, KEYWORD_FIELDS)
+        dim = await embed_off_loop(self.embedder, lambda: self.embedder.dim, EMBED_TIMEOUT_S)
+        await self.store.ensure_collection(COLLECTION, dim, KEYWORD_FIELDS)
         versions = await self._consumer([self._versions_topic], self._partitions, beginning=True)
         results = await self._consumer([self._results_topic], 1, beginning=False)
         self._tasks = [
@@ -155,7 +159,14 @@ class MemoryLog:
             if old is not None:
                 stale.extend(i["item_id"] for i in old["items"] if i["item_id"] not in keep)
             items = [i for i in current["items"] if i["status"] in INDEXED_STATUSES]
-            vectors = self.embedder.embed([item_text(i) for i in items]) if items else []
+            texts = [item_text(i) for i in items]
+            vectors = (
+                await embed_off_loop(
+                    self.embedder, lambda t=texts: self.embedder.embed(t), EMBED_TIMEOUT_S
+                )
+                if items
+                else []
+            )
             points.extend(
                 Point(
                     item["item_id"],

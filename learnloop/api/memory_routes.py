@@ -12,12 +12,14 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+import structlog
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from learnloop import metrics
 from learnloop.api.auth import Caller, CallerDep
 from learnloop.api.problems import Problem
+from learnloop.embeddings import EmbeddingUnavailable, embed_off_loop
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
 from processors.context import EXAMPLE_KINDS, assemble, order_groups
@@ -30,6 +32,7 @@ from processors.synthesis.text import contradiction
 if TYPE_CHECKING:
     from learnloop.api.app import Services
 
+log = structlog.get_logger(__name__)
 COMMAND_WAIT_S = 10.0
 
 
@@ -302,7 +305,11 @@ async def _examples(
     if not query or not snapshots:
         return []
     embedder = services.memory.embedder
-    vector = embedder.embed([query])[0]
+    try:
+        vector = (await embed_off_loop(embedder, lambda: embedder.embed([query]), 10.0))[0]
+    except (EmbeddingUnavailable, TimeoutError):
+        log.warning("embedder unavailable: context served without examples")
+        return []  # the rules prefix still goes out; examples come back with the embedder
     found: list[tuple[float, MemoryItem]] = []
     current_groups = [g for g in snapshots if g not in pins]
     if current_groups:
@@ -323,7 +330,11 @@ async def _examples(
         if items:
             from learnloop.api.memory_log import item_text
 
-            vectors = embedder.embed([item_text(i) for i in items])
+            texts = [item_text(i) for i in items]
+            try:
+                vectors = await embed_off_loop(embedder, lambda t=texts: embedder.embed(t), 10.0)
+            except (EmbeddingUnavailable, TimeoutError):
+                continue
             found.extend((cosine(vector, v), i) for i, v in zip(items, vectors, strict=True))
     return found
 

@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 
 from learnloop.errors import LearnloopError
 from processors.embedding import content_tokens, words
+from processors.ratings import GOOD_SCORE, POOR_SCORE, fraction_polarity, rating_fraction
 
 Format = Literal["sft", "dpo", "kto"]
 Layout = Literal["messages", "prompt_completion", "openai"]
@@ -35,9 +36,9 @@ FORMATS: Final[tuple[Format, ...]] = ("sft", "dpo", "kto")
 LAYOUTS: Final[tuple[Layout, ...]] = ("messages", "prompt_completion", "openai")
 
 #: a rating at or above this share of its scale is an up vote ("highly rated")
-HIGH_SCORE: Final = 0.8
-#: a rating below this share of its scale is a down vote; in between is neutral
-LOW_SCORE: Final = 0.5
+HIGH_SCORE: Final = GOOD_SCORE
+#: a rating at or below this share of its scale is a down vote; in between is neutral
+LOW_SCORE: Final = POOR_SCORE
 #: cosine of two queries' HashingEmbedder vectors at which they count as the same question
 SIMILAR_QUERY: Final = 0.8
 #: LSH bands per query (each the pair of minimum hashes under two seeds)
@@ -67,20 +68,15 @@ def check_options(fmt: str, layout: str, min_agreement: float) -> None:
 
 def rating_score(value: int | None, score: float | None, scale: float | None) -> float | None:
     """A rating as a share of its scale in [0, 1]: thumbs up 1.0, thumbs down 0.0."""
-    if value is not None:
-        return 1.0 if value > 0 else 0.0
-    if score is None or not scale or scale <= 0:
-        return None
-    return min(max(float(score) / float(scale), 0.0), 1.0)
+    return rating_fraction(value, score, scale)
 
 
 def vote(score: float) -> int:
-    """+1 for a high rating (>= 0.8 of the scale), -1 for a low one (< 0.5), 0 between."""
-    if score >= HIGH_SCORE:
-        return 1
-    if score < LOW_SCORE:
-        return -1
-    return 0
+    """+1 for a high rating (>= 0.8 of the scale), -1 for a low one (<= 0.4), 0 between.
+
+    The thresholds are ``processors.ratings``', shared with aggregation and synthesis.
+    """
+    return fraction_polarity(score)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from hashlib import sha256
 from typing import Any, Final
 
 import structlog
@@ -38,6 +37,7 @@ from learnloop.synthesis.parsing import (
     parse_verdicts,
 )
 from learnloop.synthesis.templates import PromptSet, load_prompts
+from processors.judging import sample_rank, sampled
 from processors.redact import redactor
 from processors.synthesis.guard import injection_reason
 
@@ -45,17 +45,6 @@ log = structlog.get_logger(__name__)
 
 JUDGE_LABEL: Final = "llm_judge"
 DERIVED_BY: Final = "llm_judge"
-
-
-def sample_rank(interaction_id: str, seed: str = "") -> float:
-    """A stable pseudo-random number in [0, 1) for an interaction (its place in the sample)."""
-    value = int.from_bytes(sha256(f"{seed}\x1f{interaction_id}".encode()).digest()[:8], "big")
-    return value / 2**64
-
-
-def sampled(interaction_id: str, rate: float, seed: str = "") -> bool:
-    """Whether an interaction is in the judge's sample: a stable hash, not a coin toss."""
-    return rate > 0 and sample_rank(interaction_id, seed) < rate
 
 
 def _field(interaction: Mapping[str, Any], name: str) -> Any:

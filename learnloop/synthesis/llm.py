@@ -58,6 +58,7 @@ from learnloop.synthesis.templates import PromptSet, load_prompts
 from processors.aggregate import Trigger
 from processors.memory import ItemKind, MemoryItem
 from processors.policy import LearningPolicy, ScopePolicy
+from processors.ratings import is_implicit
 from processors.redact import redactor
 from processors.synthesis.base import (
     KIND_ORDER,
@@ -454,10 +455,10 @@ class LLMSynthesizer:
         response = str(rated[0]["response"])
         key = digest(str(query), response)
         group = [e for e in rated if digest(str(e.get("query") or ""), str(e["response"])) == key]
-        explicit = sum(1 for e in group if e.get("type") == "rating")
+        explicit = sum(1 for e in group if not is_implicit(e))
         implicit = len(group) - explicit
         if not explicit and implicit < MIN_ENGAGEMENT_SIGNALS:
-            detail = f"{implicit} engagement signal(s); needs {MIN_ENGAGEMENT_SIGNALS}"
+            detail = f"{implicit} implicit signal(s); needs {MIN_ENGAGEMENT_SIGNALS}"
             return "engagement_not_aggregated", detail
         strength = explicit + ENGAGEMENT_WEIGHT * implicit
         extra = {"query": query or None, "response": response}

@@ -22,9 +22,9 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from processors.embedding import GENERIC, content_tokens, normalise
+from processors.ratings import polarity as signal_polarity
 from processors.synthesis.base import skip
 from processors.synthesis.guard import injection_reason
-from processors.synthesis.offline import GOOD_SCORE, POOR_SCORE, SHORT_DWELL_MS
 
 Evidence = dict[str, Any]
 RuleKind = Literal["rule", "tool_rule", "preferred_example", "avoided_example", "correction"]
@@ -273,28 +273,8 @@ def all_text(evidence: Mapping[str, Any]) -> str:
 
 def polarity(evidence: Mapping[str, Any]) -> int | None:
     """+1 for the rated response, -1 against it, None when the signal says neither."""
-    payload = evidence.get("payload") or {}
-    if evidence.get("type") == "rating":
-        value = payload.get("value")
-        if value in (1, -1):
-            return int(value)
-        score, scale = payload.get("score"), payload.get("scale")
-        if isinstance(score, int | float) and isinstance(scale, int | float) and scale > 0:
-            fraction = float(score) / float(scale)
-            if fraction >= GOOD_SCORE:
-                return 1
-            if fraction <= POOR_SCORE:
-                return -1
-        return None
-    if evidence.get("type") == "engagement":
-        kind, value = payload.get("kind"), payload.get("value")
-        if kind in ("conversion", "copy"):
-            return 1
-        if kind == "abandon":
-            return -1
-        if kind == "dwell_ms" and isinstance(value, int | float) and value < SHORT_DWELL_MS:
-            return -1
-    return None
+    found = signal_polarity(str(evidence.get("type") or ""), evidence.get("payload"))
+    return found if isinstance(found, int) else None
 
 
 def meaningful_tokens(text: str) -> frozenset[str]:
@@ -349,6 +329,8 @@ def evidence_view(
             view["rating"] = int(payload["value"])
         elif payload.get("score") is not None and payload.get("scale"):
             view["rating"] = f"{payload['score']}/{payload['scale']}"
+        if payload.get("derived_by"):
+            view["derived_by"] = str(payload["derived_by"])  # a machine's guess, not a person's
     elif kind == "engagement":
         view["engagement"] = str(payload.get("kind"))
         view["value"] = payload.get("value")

@@ -6,8 +6,9 @@ From one trigger's evidence it proposes:
   only with enough distinct users and capped support (the scope's policy), worded
   as the cluster's most central explanation with the conversational frame removed;
 - ``correction`` (and, for a clear substitution, a ``rule``): from each edit's diff;
-- ``preferred_example`` / ``avoided_example``: from ratings, and from engagement
-  (weighted 0.3 of a rating, believed only with 3 or more signals on one response);
+- ``preferred_example`` / ``avoided_example``: from ratings, and from implicit signals
+  (engagement and the LLM judge's derived ratings: weighted 0.3 of a person's rating,
+  believed only with 3 or more signals on one response; ``processors/ratings.py``);
 - ``tool_rule``: from tools whose failure rate is over the policy's threshold.
 
 Every text is redacted first and checked for injection; feedback is data, never an
@@ -25,9 +26,16 @@ from hashlib import blake2b
 from typing import Any, Final
 
 from processors.aggregate import Trigger
-from processors.embedding import Embedder, cosine, normalise
+from processors.embedding import Embedder, cosine_matrix, normalise
 from processors.memory import ItemKind, MemoryItem
 from processors.policy import ScopePolicy
+from processors.ratings import (
+    IMPLICIT_WEIGHT,
+    MIN_IMPLICIT_SIGNALS,
+    is_derived,
+    is_implicit,
+    polarity,
+)
 from processors.redact import redactor
 from processors.synthesis.base import (
     KIND_ORDER,
@@ -43,11 +51,8 @@ from processors.synthesis.diff import describe_edit
 from processors.synthesis.guard import injection_reason
 from processors.synthesis.text import contradiction, rule_key, to_imperative
 
-ENGAGEMENT_WEIGHT: Final = 0.3
-MIN_ENGAGEMENT_SIGNALS: Final = 3
-SHORT_DWELL_MS: Final = 5_000
-GOOD_SCORE: Final = 0.8
-POOR_SCORE: Final = 0.4
+ENGAGEMENT_WEIGHT: Final = IMPLICIT_WEIGHT
+MIN_ENGAGEMENT_SIGNALS: Final = MIN_IMPLICIT_SIGNALS
 _TOOL_NAME_RE: Final = re.compile(r"[^A-Za-z0-9_.:\-]")
 
 Evidence = dict[str, Any]
@@ -197,7 +202,7 @@ class OfflineSynthesizer:
             return []
         rules = [rule for _, rule in entries]
         vectors = self.embedder.embed(rules)
-        sims = [[cosine(u, v) for v in vectors] for u in vectors]
+        sims = cosine_matrix(vectors)
         proposals: list[tuple[MemoryItem, list[Evidence]]] = []
         for members in cluster(sims, rules, self.cluster_threshold):
             group = [entries[i][0] for i in members]
@@ -348,14 +353,14 @@ class OfflineSynthesizer:
                 skipped.append(skip(ev, "possible_injection", reason))
                 continue
             key = _digest(query, response)
-            votes.setdefault(key, []).append((ev, polarity, ev.get("type") == "rating"))
+            votes.setdefault(key, []).append((ev, polarity, not is_implicit(ev)))
             texts.setdefault(key, (query, response))
         items: list[MemoryItem] = []
         for key, group in votes.items():
             implicit = [v for v in group if not v[2]]
             believed = len(implicit) >= MIN_ENGAGEMENT_SIGNALS
             if not believed:
-                detail = f"{len(implicit)} engagement signal(s); needs {MIN_ENGAGEMENT_SIGNALS}"
+                detail = f"{len(implicit)} implicit signal(s); needs {MIN_ENGAGEMENT_SIGNALS}"
                 skipped += [skip(ev, "engagement_not_aggregated", detail) for ev, _, _ in implicit]
             counted = [v for v in group if v[2] or believed]
             score = sum(p * (1.0 if explicit else ENGAGEMENT_WEIGHT) for _, p, explicit in counted)
@@ -371,7 +376,12 @@ class OfflineSynthesizer:
             about = f" to '{_short(query)}'" if query else ""
             text = f"{label} answer{about}: '{_short(response)}'"
             evs = [ev for ev, _, _ in agreeing]
-            derived = "rating" if any(explicit for _, _, explicit in agreeing) else "engagement"
+            if any(explicit for _, _, explicit in agreeing):
+                derived = "rating"
+            elif any(is_derived(ev.get("payload")) for ev, _, _ in agreeing):
+                derived = "llm_judge"
+            else:
+                derived = "engagement"
             item = new_item(
                 trigger,
                 kind,
@@ -485,28 +495,8 @@ def _strongest_of_contradictions(
 
 def _polarity(ev: Evidence) -> int | str:
     """+1 for, -1 against, or the reason a rating or engagement says neither."""
-    payload = ev.get("payload") or {}
-    if ev.get("type") == "rating":
-        value = payload.get("value")
-        if value in (1, -1):
-            return int(value)
-        score, scale = payload.get("score"), payload.get("scale")
-        if isinstance(score, int | float) and isinstance(scale, int | float) and scale > 0:
-            fraction = float(score) / float(scale)
-            if fraction >= GOOD_SCORE:
-                return 1
-            if fraction <= POOR_SCORE:
-                return -1
-            return "neutral_rating"
-        return "malformed"
-    kind, value = payload.get("kind"), payload.get("value")
-    if kind in ("conversion", "copy"):
-        return 1
-    if kind == "abandon":
-        return -1
-    if kind == "dwell_ms" and isinstance(value, int | float) and value < SHORT_DWELL_MS:
-        return -1
-    return "uninformative_engagement"
+    kind = "rating" if ev.get("type") == "rating" else "engagement"
+    return polarity(kind, ev.get("payload"))
 
 
 def _tool_rule_text(

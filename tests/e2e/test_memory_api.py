@@ -24,7 +24,7 @@ import pytest
 
 from learnloop.embedded.broker import free_port
 from learnloop.store.factory import open_store
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, unique_env, wait_until
 from tests.factories import feedback, interaction
 
 pytestmark = pytest.mark.e2e
@@ -69,17 +69,7 @@ class ApiProcess:
 @pytest.fixture(scope="module")
 def stack(broker, tmp_path_factory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("memory-api")
-    unique = uuid.uuid4().hex[:10]
-    env = {
-        "LEARNLOOP_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "LEARNLOOP_BROKER_TRUE_END_OFFSETS": "true",
-        "LEARNLOOP_APP_ID": f"mem-{unique}",
-        "LEARNLOOP_LOG_FORMAT": "json",
-        "LEARNLOOP_DATA_DIR": str(tmp / "data"),
-        "LEARNLOOP_API_KEYS": orjson.dumps(KEYS).decode(),
-        **{f"LEARNLOOP_TOPICS__{name.upper()}": f"{name}-{unique}" for name in (
-            "events", "signals", "triggers", "dead_letters", "commands", "versions", "results")},
-    }
+    env = unique_env(broker, tmp / "data", LEARNLOOP_API_KEYS=orjson.dumps(KEYS).decode())
     worker = WorkerProcess(env, tmp / "worker.log").start()
     worker.wait_ready()
     api = ApiProcess(env, tmp / "api.log").start()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from schemas.registry import (
     subject_for_topic,
 )
 from schemas.schema_files import EVENT_SCHEMA
-from tests.conftest import WorkerProcess, read_group_states, wait_until
+from tests.conftest import WorkerProcess, read_group_states, unique_env, wait_until
 from tests.factories import feedback, interaction
 from tests.integration.streams_helpers import actual_counts, expected_counts
 
@@ -53,20 +52,7 @@ TEN_MB = 10 * 1024 * 1024
 
 def module_env(broker: EmbeddedBroker, data_dir: Path) -> dict[str, str]:
     """LEARNLOOP_* variables for one module's worker: its own topics and app id."""
-    unique = uuid.uuid4().hex[:10]
-    return {
-        "LEARNLOOP_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "LEARNLOOP_BROKER_TRUE_END_OFFSETS": "true",
-        "LEARNLOOP_APP_ID": f"ll-{unique}",
-        "LEARNLOOP_TOPICS__EVENTS": f"events-{unique}",
-        "LEARNLOOP_TOPICS__SIGNALS": f"signals-{unique}",
-        "LEARNLOOP_TOPICS__TRIGGERS": f"triggers-{unique}",
-        "LEARNLOOP_TOPICS__DEAD_LETTERS": f"dead-{unique}",
-        "LEARNLOOP_DATA_DIR": str(data_dir),
-        "LEARNLOOP_LOG_FORMAT": "json",
-        "LEARNLOOP_JOIN_WAIT_S": "2",
-        "LEARNLOOP_PARTITIONS": "4",
-    }
+    return unique_env(broker, data_dir)
 
 
 def create_topics(env: dict[str, str]) -> None:

@@ -30,7 +30,7 @@ from learnloop.embedded.broker import EmbeddedBroker
 from learnloop.settings import Settings, TopicNames
 from learnloop.topics import ensure_topics
 from schemas import EventCodec, from_json_event
-from tests.conftest import WorkerProcess, read_group_states, wait_until
+from tests.conftest import WorkerProcess, read_group_states, unique_env, wait_until
 from tests.factories import feedback, interaction
 from tests.integration.streams_helpers import emit
 
@@ -85,24 +85,8 @@ class Stack:
 
 
 def _stack_env(broker: EmbeddedBroker, data_dir: Path, **extra: str) -> dict[str, str]:
-    """Like the ``stack_env`` fixture, for a module-scoped worker; every topic is unique."""
-    unique = uuid.uuid4().hex[:10]
-    return {
-        "LEARNLOOP_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "LEARNLOOP_BROKER_TRUE_END_OFFSETS": "true",
-        "LEARNLOOP_APP_ID": f"ll-{unique}",
-        "LEARNLOOP_TOPICS__EVENTS": f"events-{unique}",
-        "LEARNLOOP_TOPICS__SIGNALS": f"signals-{unique}",
-        "LEARNLOOP_TOPICS__TRIGGERS": f"triggers-{unique}",
-        "LEARNLOOP_TOPICS__DEAD_LETTERS": f"dead-{unique}",
-        "LEARNLOOP_TOPICS__COMMANDS": f"commands-{unique}",
-        "LEARNLOOP_TOPICS__VERSIONS": f"versions-{unique}",
-        "LEARNLOOP_TOPICS__RESULTS": f"results-{unique}",
-        "LEARNLOOP_DATA_DIR": str(data_dir),
-        "LEARNLOOP_LOG_FORMAT": "json",
-        "LEARNLOOP_PARTITIONS": str(PARTITIONS),
-        **extra,
-    }
+    """Like the ``stack_env`` fixture, for a module-scoped worker."""
+    return unique_env(broker, data_dir, LEARNLOOP_PARTITIONS=str(PARTITIONS), **extra)
 
 
 def _topic_settings(env: dict[str, str]) -> Settings:
@@ -280,7 +264,7 @@ def test_derived_groups_from_metadata(stacks: dict[str, Stack]) -> None:
     [
         pytest.param(
             {"name": "by-path", "key": "path", "op": "regex", "value": ".*", "group": "path:x"},
-            ["derived_groups.0.op", "'regex'", "LEARNLOOP_DERIVED_GROUPS__0__OP"],
+            ["derived_groups.0.op", "rule by-path", "'regex'", "LEARNLOOP_DERIVED_GROUPS__0__OP"],
             id="unknown-operator",
         ),
         pytest.param(
@@ -346,12 +330,6 @@ def test_wrongly_keyed_feedback_is_forwarded_to_its_interaction_and_joined(
     assert counts_of(states, f"user:{no_key}") == {"explanation": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: streams/join_agent.py forwards only on a wrong *key*; an event keyed "
-    "by its interaction id but put on another partition (e.g. librdkafka's default crc32 "
-    "partitioner) is joined on the wrong partition, although the README says it is forwarded",
-)
 def test_rightly_keyed_feedback_on_the_wrong_partition_is_forwarded(
     stacks: dict[str, Stack],
 ) -> None:
@@ -360,12 +338,18 @@ def test_rightly_keyed_feedback_on_the_wrong_partition_is_forwarded(
     user, team, org = unique("u"), unique("t"), unique("o")
     iid = unique("i")
     home = murmur2_partition(iid)
-    stack.emit([interaction(iid, user=user, team=team, org=org)])
+    query, response = f"query {iid}", f"response {iid}"
+    stack.emit([interaction(iid, user=user, team=team, org=org, query=query, response=response)])
     value = encode(feedback(f"{iid}-x", "explanation", iid, user=user, team=team, org=org))
     asyncio.run(_send_raw(stack.bootstrap, topic, [(iid.encode(), value, (home + 1) % 4)]))
-    wait_until(lambda: stack.triggers(f"user:{user}"), 30)
+    [trigger] = wait_until(lambda: stack.triggers(f"user:{user}"), 30)
+    [explanation] = explanations(trigger)
+    assert (explanation["query"], explanation["response"]) == (query, response)  # joined
     records = read_topic(stack.bootstrap, topic, PARTITIONS)
-    assert home in {r.partition for r in records if r.value == value}
+    assert sorted(r.partition for r in records if r.value == value) == sorted(
+        [home, (home + 1) % 4]
+    )
+    assert counts_of(stack.states(), f"user:{user}") == {"interaction": 1, "explanation": 1}
 
 
 def test_feedback_before_its_interaction_waits_and_is_joined(stacks: dict[str, Stack]) -> None:

@@ -261,7 +261,8 @@ def test_rating_scores_and_votes() -> None:
     assert rating_score(None, 12, 10) == 1.0
     assert rating_score(None, None, None) is None
     assert rating_score(None, 3, 0) is None
-    assert [vote(s) for s in (1.0, 0.8, 0.79, 0.5, 0.49, 0.0)] == [1, 1, 0, 0, -1, -1]
+    # thresholds shared with aggregation and synthesis (processors/ratings.py): 0.8 and 0.4
+    assert [vote(s) for s in (1.0, 0.8, 0.79, 0.5, 0.41, 0.4, 0.0)] == [1, 1, 0, 0, 0, -1, -1]
 
 
 def test_verdict_majority_and_agreement() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from learnloop.settings import ConfigError, load_settings
 from processors.groups import DerivedGroupRule, resolve_groups, scope_of
 from processors.policy import LearningPolicy
 
@@ -53,3 +54,17 @@ def test_policy_defaults_follow_the_brief() -> None:
     assert policy.for_scope("global").requires_approval
     assert policy.for_scope("persona") == policy.derived
     assert scope_of("global") == "global" and scope_of("path:a/b") == "path"
+
+
+def test_unknown_operator_error_names_the_rule_and_the_field() -> None:
+    rules = [
+        {"name": "billing", "key": "path", "op": "glob", "value": "b/**", "group": "path:b"},
+        {"name": "by-path", "key": "path", "op": "regex", "value": ".*", "group": "path:x"},
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(kafka_bootstrap="localhost:9092", derived_groups=rules)
+    message = str(caught.value)
+    assert "rule by-path" in message
+    assert "derived_groups.1.op" in message and "LEARNLOOP_DERIVED_GROUPS__1__OP" in message
+    assert "'regex'" in message and "equals, glob, prefix, in, exists" in message
+    assert "billing" not in message
