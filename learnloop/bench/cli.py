@@ -356,5 +356,10 @@ def memory(
             "",
             f"{b['context_p50_ms'] / a['context_p50_ms']:.2f}x",
         )
+    if len(phases) == 2 and phases[1]["groups"] > phases[0]["groups"]:
+        a, b = phases
+        per_group = (b["worker_rss_mb"] - a["worker_rss_mb"]) * 1024 / (b["groups"] - a["groups"])
+        report["rss_kb_per_added_group"] = round(per_group, 1)
+        table.caption = f"worker RSS added per added group: {per_group:.1f} KB"
     console.print(table)
     _write(json_out, report)
