@@ -24,6 +24,8 @@ def events_in_by_stage() -> dict[str, int]:
                 stage = sample.labels["stage"]
                 totals[stage] = totals.get(stage, 0) + int(sample.value)
     return totals
+
+
 EVENTS_OUT = Counter(
     "learnloop_events_out_total", "Records produced, by stage and kind", ["stage", "kind"]
 )

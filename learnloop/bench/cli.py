@@ -38,6 +38,14 @@ def quality(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: each scenario's).")] = None,
     sink: Annotated[str, typer.Option(help="kafka or http (POST /v1/events).")] = "kafka",
+    closed_loop: Annotated[
+        bool,
+        typer.Option(
+            "--closed-loop",
+            help="The simulated agent follows the rules in its /v1/context (the stream then "
+            "depends on what was learned, so it is no longer byte-identical).",
+        ),
+    ] = False,
     json_out: JsonOption = None,
     config: ConfigOption = None,
     workdir: Annotated[
@@ -83,7 +91,14 @@ def quality(
                 base = workdir / loaded.name if workdir else Path(tmp)
                 try:
                     report = QualityRun(
-                        loaded, settings, base, seed=seed, sink=sink, config=config, progress=step
+                        loaded,
+                        settings,
+                        base,
+                        seed=seed,
+                        sink=sink,
+                        config=config,
+                        progress=step,
+                        closed_loop=closed_loop,
                     ).run()
                 except LearnloopError as exc:
                     err.print(f"[red]error:[/red] {loaded.name}: {exc}")

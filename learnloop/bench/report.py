@@ -14,9 +14,10 @@ def _pct(value: float | None) -> str:
 
 def render_quality(report: dict[str, Any], console: Console) -> None:
     """The quality report: per group, per preference, leakage, changes, context size."""
+    loop = ", closed loop" if report.get("closed_loop") else ""
     title = (
         f"learning quality: scenario {report['scenario']} (seed {report['seed']}, "
-        f"{report['events']} events, {report['rounds']} rounds, sink {report['sink']})"
+        f"{report['events']} events, {report['rounds']} rounds, sink {report['sink']}{loop})"
     )
     table = Table(title=title, title_justify="left")
     for column in (
@@ -125,7 +126,11 @@ def render_quality(report: dict[str, Any], console: Console) -> None:
         )
     console.print(checks)
 
-    size = Table(title="context per request as feedback grows (tokens)", title_justify="left")
+    size = Table(
+        title="per round: context per request (tokens) as feedback grows, and responses that "
+        "violated a preference",
+        title_justify="left",
+    )
     for column in (
         "after round",
         "events sent",
@@ -134,6 +139,7 @@ def render_quality(report: dict[str, Any], console: Console) -> None:
         "prefix bytes max",
         "append-all-feedback mean",
         "append-all max",
+        "violating responses",
     ):
         size.add_column(column, justify="right")
     for r in ctx["rounds"]:
@@ -145,5 +151,6 @@ def render_quality(report: dict[str, Any], console: Console) -> None:
             str(r["prefix_bytes_max"]),
             f"{r['naive_tokens_mean']:.0f}",
             str(r["naive_tokens_max"]),
+            "—" if r.get("violation_rate") is None else f"{r['violation_rate']:.0%}",
         )
     console.print(size)

@@ -192,3 +192,18 @@ def test_truth_follows_the_policy() -> None:
     assert classify("user:bob", "Meh.", truth)[0] == "unmatched"
     org = [e for e in truth.expectations if e.group.startswith("org:")]
     assert all(e.status == "proposed" for e in org)
+
+
+def test_closed_loop_agent_follows_the_rules_it_knows() -> None:
+    from learnloop.simulate.generator import Generator
+
+    scenario = load_scenario("devtools")
+    open_loop, closed = Generator(scenario), Generator(scenario)
+    first_open, first_closed = open_loop.round(), closed.round(lambda user, pref: True)
+    assert any(e.respected is False for e in first_open)
+    on_topic = [e for e in first_closed if e.event["type"] == "interaction" and e.pref]
+    assert on_topic and all(e.respected for e in on_topic)
+    assert not any(e.event["type"] == "edit" for e in first_closed)
+    # still deterministic for the same answers of ``knows``
+    again = Generator(scenario).round(lambda user, pref: True)
+    assert to_jsonl(again) == to_jsonl(first_closed)
