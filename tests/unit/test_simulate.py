@@ -207,3 +207,21 @@ def test_closed_loop_agent_follows_the_rules_it_knows() -> None:
     # still deterministic for the same answers of ``knows``
     again = Generator(scenario).round(lambda user, pref: True)
     assert to_jsonl(again) == to_jsonl(first_closed)
+
+
+def test_cli_writes_a_file_and_refuses_two_destinations(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    command = [sys.executable, "-m", "learnloop", "simulate", "support", "--out", str(out)]
+    subprocess.run(command, capture_output=True, timeout=60, check=True)
+    assert out.read_bytes() == to_jsonl(generate(load_scenario("support")))
+    both = subprocess.run(
+        [*command, "--http", "http://127.0.0.1:1"], capture_output=True, timeout=60, check=False
+    )
+    assert both.returncode == 2 and b"choose one of" in both.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "learnloop", "simulate", "--list"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert b"tuning/devtools" in listed.stdout and b"evaluation/support" in listed.stdout
