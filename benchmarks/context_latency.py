@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -110,40 +112,204 @@ async def seed(bootstrap: str, topic: str, groups: list[str], n_items: int) -> N
         await producer.stop()
 
 
-async def load(url: str, groups: list[str], requests: int, concurrency: int) -> list[float]:
+def request_body(groups: int, n: int) -> dict[str, Any]:
+    """Request ``n``: round-robin over the groups, and a query no earlier request asked."""
+    return {
+        "user_id": f"u{n % groups}",
+        "query": f"how about {TOPICS[n % 10]}, case {n}?",
+        "max_tokens": 800,
+    }
+
+
+WRK_SCRIPT = """
+local n = 0
+local topics = {%(topics)s}
+request = function()
+  n = n + 1
+  local body = string.format(
+    '{"user_id":"u%%d","query":"how about %%s, case %%d?","max_tokens":800}',
+    n %% %(groups)d, topics[n %% 10 + 1], n)
+  return wrk.format("POST", "/v1/context", {["content-type"] = "application/json"}, body)
+end
+"""
+
+WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT %d %d %d %d %d %d %d %f %f %f\\n", summary.requests, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+async def load_httpx(url: str, groups: int, requests: int, concurrency: int) -> list[float]:
+    """A Python client in this process (not the API's): ``concurrency`` keep-alive loops."""
     latencies: list[float] = []
     counter = iter(range(requests))
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
 
         async def one_worker() -> None:
             for n in counter:
-                user = groups[n % len(groups)].split(":", 1)[1]
-                body = {"user_id": user, "query": f"how about {TOPICS[n % 10]}?", "max_tokens": 800}
                 started = time.perf_counter()
-                answer = await client.post("/v1/context", json=body)
+                answer = await client.post("/v1/context", json=request_body(groups, n))
                 latencies.append(time.perf_counter() - started)
-                assert answer.status_code == 200, answer.text
+                if answer.status_code != 200:
+                    raise SystemExit(f"request {n} answered {answer.status_code}: {answer.text}")
 
         await asyncio.gather(*(one_worker() for _ in range(concurrency)))
     return latencies
 
 
+def run_httpx(url: str, groups: int, requests: int, concurrency: int) -> dict[str, float]:
+    cpu = time.process_time()
+    started = time.perf_counter()
+    latencies = sorted(asyncio.run(load_httpx(url, groups, requests, concurrency)))
+    wall = time.perf_counter() - started
+    return {
+        "requests": float(len(latencies)),
+        "wall_s": wall,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "p999_ms": latencies[int(len(latencies) * 0.999) - 1] * 1000,
+        "client_cpu_s": time.process_time() - cpu,
+    }
+
+
+def run_wrk(
+    url: str, groups: int, seconds: int, concurrency: int, tmp: str, path: str = "/v1/context"
+) -> dict[str, float]:
+    """wrk (C, one thread, keep-alive) in its own process; every answer must be 2xx.
+
+    ``path`` other than ``/v1/context`` is fetched with a plain GET (the floor).
+    """
+    script = Path(tmp, "context.lua")
+    request = WRK_SCRIPT % {"topics": ", ".join(f'"{t}"' for t in TOPICS), "groups": groups}
+    script.write_text((request if path == "/v1/context" else "") + WRK_DONE)
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        f"{url}{path}",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    output = process.stdout.read().decode()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    line = next((x for x in output.splitlines() if x.startswith("RESULT ")), None)
+    if process.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({process.returncode}):\n{output}")
+    fields = line.split()[1:]
+    count, duration_us, *errors = (int(x) for x in fields[:7])
+    if any(errors):
+        raise SystemExit(f"wrk saw errors (connect read write status timeout): {errors}\n{output}")
+    p50, p99, p999 = (float(x) / 1000 for x in fields[7:])
+    return {
+        "requests": float(count),
+        "wall_s": duration_us / 1e6,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "p999_ms": p999,
+        "client_cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+HIT = 'learnloop_context_prefix_cache_total{result="hit"}'
+MISS = 'learnloop_context_prefix_cache_total{result="miss"}'
+SEARCH_SUM = "learnloop_context_search_seconds_sum"
+SEARCH_COUNT = "learnloop_context_search_seconds_count"
+APP_SUM = 'learnloop_api_request_seconds_sum{route="/v1/context"}'
+APP_COUNT = 'learnloop_api_request_seconds_count{route="/v1/context"}'
+
+
+def api_metrics(url: str) -> dict[str, float]:
+    """The API's own counters that explain its latency."""
+    out = dict.fromkeys((HIT, MISS, SEARCH_SUM, SEARCH_COUNT, APP_SUM, APP_COUNT), 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in out:
+            out[name] += float(value)
+    return out
+
+
+def explain(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Prefix-cache hit rate and server-side ms per request: in the app, in the store."""
+    d = {k: after[k] - before[k] for k in after}
+    nan = float("nan")
+    return {
+        "prefix_cache_hit_rate": d[HIT] / (d[HIT] + d[MISS]) if d[HIT] + d[MISS] else nan,
+        "in_app_ms": d[APP_SUM] / d[APP_COUNT] * 1000 if d[APP_COUNT] else nan,
+        "store_search_ms": d[SEARCH_SUM] / d[SEARCH_COUNT] * 1000 if d[SEARCH_COUNT] else nan,
+    }
+
+
+def wait_indexed(url: str, last_group: str, timeout_s: float) -> float:
+    started = time.perf_counter()
+    while True:
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+            memory = httpx.get(f"{url}/v1/groups/{last_group}/memory", timeout=5)
+            if ready and memory.status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        if time.perf_counter() - started > timeout_s:
+            raise SystemExit(f"API did not index the memory in {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", type=int, default=1000)
     parser.add_argument("--items", type=int, default=200)
-    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "httpx", "both"],
+        default="both" if shutil.which("wrk") else "httpx",
+        help="load generator (wrk: apt-get install wrk)",
+    )
+    parser.add_argument("--requests", type=int, default=5000, help="httpx client: requests")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk: duration")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--cache-entries",
+        type=int,
+        default=None,
+        help="LEARNLOOP_CONTEXT_CACHE_ENTRIES for the API (0 turns caches off)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy raw stacks of the API during the (first) measured load"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     unique = uuid.uuid4().hex[:6]
     groups = [f"user:u{n}" for n in range(args.groups)]
+    rows: dict[str, Any] = {
+        "groups": args.groups,
+        "items_per_group": args.items,
+        "points": args.groups * args.items,
+        "concurrency": args.concurrency,
+    }
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(kafka_bootstrap=broker.bootstrap, app_id=f"bench-{unique}")
         asyncio.run(ensure_topics(broker.bootstrap, settings))
         started = time.perf_counter()
         asyncio.run(seed(broker.bootstrap, settings.topics.versions, groups, args.items))
-        seeded = time.perf_counter() - started
+        rows["seed_s"] = time.perf_counter() - started
         port = free_port()
         env = {
             **os.environ,
@@ -154,58 +320,117 @@ def main() -> None:
             "LEARNLOOP_LOG_FORMAT": "json",
             "LEARNLOOP_LOG_LEVEL": "warning",
         }
+        if args.cache_entries is not None:
+            env["LEARNLOOP_CONTEXT_CACHE_ENTRIES"] = str(args.cache_entries)
         log = Path(tmp, "api.log").open("wb")  # noqa: SIM115 - closed after the process
         process = subprocess.Popen(
             [sys.executable, "-m", "learnloop", "api"], env=env, stdout=log, stderr=log
         )
         url = f"http://127.0.0.1:{port}"
+        clients = ["wrk", "httpx"] if args.client == "both" else [args.client]
         try:
-            started = time.perf_counter()
-            while True:
-                try:
-                    ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-                    if (
-                        ready
-                        and httpx.get(f"{url}/v1/groups/{groups[-1]}/memory", timeout=5).status_code
-                        == 200
-                    ):
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.perf_counter() - started > 600:
-                    raise SystemExit("API did not index the memory in 600 s")
-                time.sleep(0.5)
-            indexed = time.perf_counter() - started
-            asyncio.run(load(url, groups, 200, args.concurrency))  # warm-up
-            started = time.perf_counter()
-            latencies = asyncio.run(load(url, groups, args.requests, args.concurrency))
-            wall = time.perf_counter() - started
+            rows["api_read_and_index_s"] = wait_indexed(url, groups[-1], 900)
+            asyncio.run(load_httpx(url, args.groups, 500, args.concurrency))  # warm-up
+            idle = cpu_seconds(process.pid)
+            time.sleep(3.0)  # what the API burns with no requests (following the logs)
+            rows["api_idle_cpu"] = (cpu_seconds(process.pid) - idle) / 3.0
+            for name in clients:
+                spy = None
+                if args.profile is not None and name == clients[0]:
+                    spy = subprocess.Popen(
+                        [
+                            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                            "record",
+                            "--format",
+                            "raw",
+                            "--rate",
+                            "200",
+                            "--nonblocking",
+                            "--pid",
+                            str(process.pid),
+                            "-o",
+                            str(args.profile),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    time.sleep(1.0)
+                api_cpu, counters = cpu_seconds(process.pid), api_metrics(url)
+                if name == "wrk":
+                    result = run_wrk(url, args.groups, args.seconds, args.concurrency, tmp)
+                else:
+                    result = run_httpx(url, args.groups, args.requests, args.concurrency)
+                result["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
+                result.update(explain(counters, api_metrics(url)))
+                result["load_average_1m"] = os.getloadavg()[0]
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(60)
+                rows[name] = result
+            first = rows[clients[0]]  # the flat keys `learnloop bench context` reads
+            rows.update(
+                client=clients[0],
+                requests=int(first["requests"]),
+                p50_ms=first["p50_ms"],
+                p99_ms=first["p99_ms"],
+                requests_per_s=first["requests"] / first["wall_s"],
+            )
+            if "wrk" in clients:  # what the framework costs with no work in the handler
+                api_cpu = cpu_seconds(process.pid)
+                floor = run_wrk(url, args.groups, 5, args.concurrency, tmp, path="/healthz")
+                floor["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
+                rows["floor"] = floor
         finally:
             process.terminate()
             process.wait(30)
             log.close()
-    latencies.sort()
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    rows = {
-        "groups": args.groups,
-        "items_per_group": args.items,
-        "points": args.groups * args.items,
-        "seed_s": seeded,
-        "api_read_and_index_s": indexed,
-        "requests": args.requests,
-        "concurrency": args.concurrency,
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "requests_per_s": args.requests / wall,
-    }
-    print(f"/v1/context, 1 API process, embedded store, {args.groups} groups x {args.items} items")
-    for key, value in rows.items():
-        print(
-            f"{key:<24} {value:>12,.2f}" if isinstance(value, float) else f"{key:<24} {value:>12,}"
-        )
+    report(rows)
+    report_floor(rows)
     if args.json:
         args.json.write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+
+
+def report_floor(rows: dict[str, Any]) -> None:
+    if "floor" in rows:
+        r = rows["floor"]
+        print(
+            f"floor: GET /healthz with wrk, same process and settings: "
+            f"{r['requests'] / r['wall_s']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
+            f"API CPU {r['api_cpu_s'] / r['requests'] * 1000:.2f} ms/req"
+        )
+
+
+def report(rows: dict[str, Any]) -> None:
+    print(
+        f"/v1/context, 1 API process, embedded store (qdrant-edge), "
+        f"{rows['groups']:,} groups x {rows['items_per_group']} items, "
+        f"concurrency {rows['concurrency']}"
+    )
+    print("(Qdrant server adapter: not measured, no Qdrant server can be installed here)")
+    print(f"machine: {os.cpu_count()} cores, shared: the API, the client and anything else")
+    for key in ("points", "seed_s", "api_read_and_index_s", "api_idle_cpu"):
+        value = rows[key]
+        print(
+            f"{key:<24} {value:>14,.2f}" if isinstance(value, float) else f"{key:<24} {value:>14}"
+        )
+    for name in ("wrk", "httpx"):
+        if name not in rows:
+            continue
+        r = rows[name]
+        print(
+            f"client {name:<6} requests {r['requests']:>8,.0f}  p50 {r['p50_ms']:6.2f} ms  "
+            f"p99 {r['p99_ms']:6.2f} ms  p99.9 {r['p999_ms']:6.2f} ms  "
+            f"{r['requests'] / r['wall_s']:8,.0f} req/s  "
+            f"API CPU {r['api_cpu_s'] / r['requests'] * 1000:.2f} ms/req  "
+            f"client CPU {r['client_cpu_s'] / r['requests'] * 1000:.2f} ms/req "
+            f"({r['client_cpu_s'] / r['wall_s']:.0%} of a core)"
+        )
+        print(
+            f"  in the API: {r['in_app_ms']:.2f} ms/req in the app (after HTTP parsing), of which "
+            f"{r['store_search_ms']:.2f} ms in the store search; prefix cache hits "
+            f"{r['prefix_cache_hit_rate']:.1%}; load average after the run "
+            f"{r['load_average_1m']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -109,6 +109,16 @@ CONTEXT_ITEMS = Histogram(
     "Items returned per context request",
     buckets=(0, 1, 2, 5, 10, 20, 50),
 )
+CONTEXT_PREFIX_CACHE = Counter(
+    "learnloop_context_prefix_cache_total",
+    "Context requests whose prefix came from the cache (hit) or was assembled (miss)",
+    ["result"],
+)
+CONTEXT_SEARCH_SECONDS = Histogram(
+    "learnloop_context_search_seconds",
+    "Time of the vector-store search for a context request's examples",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+)
 CONTEXT_TOKENS = Histogram(
     "learnloop_context_tokens",
     "Estimated tokens per context returned",

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     api_keys: dict[str, ApiKeySpec] = Field(
         default_factory=dict, description="name -> key spec; none means no auth (loopback only)"
     )
+    context_cache_entries: int = Field(
+        default=4096,
+        ge=0,
+        description="prefixes the API caches, keyed by groups, versions and budget (0: off)",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -246,6 +251,8 @@ class Settings(BaseSettings):
             raise ValueError("synthesizer 'llm' needs the llm settings (base_url, model)")
         if self.judge.sample_rate > 0 and self.llm is None:
             raise ValueError("judge.sample_rate > 0 needs the llm settings (base_url, model)")
+        if self.judge.sample_rate > 0 and self.judge.after_s >= self.interaction_retention_s:
+            raise ValueError("judge.after_s must be shorter than interaction_retention_s")
         return self
 
     @property

@@ -2,7 +2,8 @@
 
 Precedence is by scope, narrowest first: ``user`` > derived groups > ``team`` >
 ``org`` > ``global``. Rules of a wider scope that a narrower scope's rule
-supersedes or contradicts are dropped. The ``prefix`` depends only on the
+supersedes or contradicts are left out of the prefix and listed in ``dropped``
+with the rule that overrode them. The ``prefix`` depends only on the
 memory versions used (never on the query), is rendered in a stable order, and so
 is byte-identical between memory changes: prompt caches keep hitting.
 """
@@ -39,6 +40,20 @@ class Context(TypedDict):
     tokens: int
 
 
+class Prefix(TypedDict):
+    """The query-independent part of a context: a pure function of the snapshots and budget.
+
+    Because nothing else goes in, it may be cached per ``(group, version)`` selection
+    and budget, and reused for any caller who selected exactly those snapshots.
+    """
+
+    prefix: str
+    versions: dict[str, int]
+    items: list[ContextItem]
+    dropped: list[dict[str, str]]
+    budget_left: int
+
+
 def scope_rank(group: str) -> int:
     return SCOPE_RANK.get(scope_of(group), 1)
 
@@ -48,22 +63,22 @@ def order_groups(groups: Sequence[str]) -> list[str]:
     return sorted(set(groups), key=lambda g: (scope_rank(g), g))
 
 
-def assemble(
+def assemble_prefix(
     snapshots: Mapping[str, Snapshot],
-    examples: Sequence[tuple[float, MemoryItem]],
     max_tokens: int,
     conflicts: Callable[[MemoryItem, MemoryItem], bool],
-    max_examples: int = 4,
-) -> Context:
-    """Merge the groups' active rules by precedence, fit the budget, attach examples.
+) -> Prefix:
+    """Merge the groups' active rules by precedence and fit the budget.
 
-    ``examples`` are ``(similarity, item)`` pairs already retrieved for the query
-    from the caller's groups; ``conflicts(narrow, wide)`` says whether a narrower
-    rule overrides a wider one.
+    Groups are taken narrowest first; a rule is checked with ``conflicts(narrow,
+    wide)`` against the rules already chosen from *earlier* (narrower, or equally
+    wide and sorted first) groups, never against rules of its own group: within a
+    group, consolidation has already settled contradictions. A rule that loses is
+    left out and listed in ``dropped`` with the id and group of the rule that won.
     """
     versions = {group: snapshots[group]["version"] for group in order_groups(list(snapshots))}
     chosen: list[ContextItem] = []
-    chosen_items: list[MemoryItem] = []
+    narrower: list[MemoryItem] = []  # rules chosen from the groups before this one
     dropped: list[dict[str, str]] = []
     budget = max_tokens - estimate_tokens(HEADER)
     for group in versions:
@@ -75,8 +90,9 @@ def assemble(
             ),
             key=lambda i: (-i["strength"], i["item_id"]),
         )
+        taken: list[MemoryItem] = []
         for item in rules:
-            overridden = next((c for c in chosen_items if conflicts(c, item)), None)
+            overridden = next((c for c in narrower if conflicts(c, item)), None)
             if overridden is not None:
                 dropped.append(
                     {
@@ -92,7 +108,7 @@ def assemble(
                 )
                 continue
             budget -= item["tokens"]
-            chosen_items.append(item)
+            taken.append(item)
             chosen.append(
                 {
                     "item_id": item["item_id"],
@@ -103,8 +119,30 @@ def assemble(
                     "tokens": item["tokens"],
                 }
             )
+        narrower.extend(taken)
     lines = [HEADER] + [f"- [{c['group']}] {c['text']}" for c in chosen] if chosen else []
-    prefix = "\n".join(lines)
+    return {
+        "prefix": "\n".join(lines),
+        "versions": versions,
+        "items": chosen,
+        "dropped": dropped,
+        "budget_left": budget,
+    }
+
+
+def attach_examples(
+    prefix: Prefix,
+    examples: Sequence[tuple[float, MemoryItem]],
+    max_tokens: int,
+    max_examples: int = 4,
+) -> Context:
+    """The context: ``prefix`` (not modified, it may be shared) plus the best examples.
+
+    ``examples`` are ``(similarity, item)`` pairs retrieved for the query from the
+    caller's groups; they fill what the rules left of the budget, best first.
+    """
+    versions = prefix["versions"]
+    budget = prefix["budget_left"]
     picked: list[dict[str, Any]] = []
     for score, item in sorted(examples, key=lambda e: (-e[0], e[1]["item_id"])):
         if len(picked) >= max_examples or item["group"] not in versions:
@@ -127,12 +165,29 @@ def assemble(
                 "score": round(score, 4),
             }
         )
-    used = max_tokens - budget
     return {
-        "prefix": prefix,
+        "prefix": prefix["prefix"],
         "examples": picked,
-        "versions": versions,
-        "items": chosen,
-        "dropped": dropped,
-        "tokens": used,
+        "versions": dict(versions),
+        "items": list(prefix["items"]),
+        "dropped": list(prefix["dropped"]),
+        "tokens": max_tokens - budget,
     }
+
+
+def assemble(
+    snapshots: Mapping[str, Snapshot],
+    examples: Sequence[tuple[float, MemoryItem]],
+    max_tokens: int,
+    conflicts: Callable[[MemoryItem, MemoryItem], bool],
+    max_examples: int = 4,
+) -> Context:
+    """Merge the groups' active rules by precedence, fit the budget, attach examples.
+
+    ``examples`` are ``(similarity, item)`` pairs already retrieved for the query
+    from the caller's groups; ``conflicts(narrow, wide)`` says whether a narrower
+    rule overrides a wider one.
+    """
+    return attach_examples(
+        assemble_prefix(snapshots, max_tokens, conflicts), examples, max_tokens, max_examples
+    )

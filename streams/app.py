@@ -70,6 +70,8 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     ready: asyncio.Event
     #: join-slot keys known to hold feedback waiting for its interaction
     pending_slots: set[str]
+    #: join-slot key -> when its interaction is due for the judge (if nobody rates it)
+    judge_slots: dict[str, int]
     #: micro-batches taken and not yet acked (see streams/draining.py)
     in_flight: InFlight
     stopping: bool = False
@@ -100,8 +102,6 @@ class WorkerApp(faust.App):  # type: ignore[misc]
             new_offsets_committed=committed,
             processed=metrics.events_in_by_stage(),
         )
-    #: join-slot key -> when its interaction is due for the judge (if nobody rates it)
-    judge_slots: dict[str, int]
 
 
 def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable:
@@ -232,8 +232,8 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.consolidation_config = config
     app.ready = asyncio.Event()
     app.pending_slots = set()
-    app.in_flight = InFlight()
     app.judge_slots = {}
+    app.in_flight = InFlight()
 
     from streams import aggregate_agent, decay_timer, join_agent, lag, memory_agent, web
 

@@ -66,8 +66,12 @@ def authenticate(settings: Settings, request: Request) -> Caller:
     raise Problem(401, "unauthenticated", "unknown API key")
 
 
-def current_caller(request: Request) -> Caller:
-    """FastAPI dependency: the caller, with the app's settings (``app.state.settings``)."""
+async def current_caller(request: Request) -> Caller:
+    """FastAPI dependency: the caller, with the app's settings (``app.state.settings``).
+
+    ``async`` although it never awaits: FastAPI runs a plain ``def`` dependency in a
+    thread pool, a thread hop on every request for a few dictionary lookups.
+    """
     return authenticate(request.app.state.settings, request)
 
 

@@ -115,6 +115,15 @@ class GroupView:
             or any(e.get("user_id") == user_id for e in state.get("evidence", ()))
         )
 
+    def known(self, group: str) -> bool:
+        """Whether the workers hold state for ``group``."""
+        return group in self._groups
+
+    def owner(self, group: str) -> str | None:
+        """The org that owns ``group`` (None: unclaimed or unknown); cheap, for every request."""
+        state = self._groups.get(group)
+        return None if state is None else state.get("org")
+
     def stats(self, group: str) -> dict[str, Any] | None:
         state = self._groups.get(group)
         return None if state is None else stats_view(state)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import hashlib
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -29,8 +32,34 @@ log = structlog.get_logger(__name__)
 #: bound on one embedding call made for the index (a remote or dense embedder)
 EMBED_TIMEOUT_S = 60.0
 COLLECTION = "memory"
+
+
+def collection_for(embedder_name: str) -> str:
+    """One collection per embedder: vectors of two embedders never share an index.
+
+    The default (hashing) keeps the historical name ``memory``; another embedder gets
+    ``memory-<slug>``, filled from the versions log when the API starts, so switching
+    embedders needs no manual step (and switching back finds the old index).
+    """
+    if embedder_name == "hashing-v1-384":
+        return COLLECTION
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", embedder_name).strip("-_")
+    digest = hashlib.blake2b(embedder_name.encode(), digest_size=4).hexdigest()
+    return f"{COLLECTION}-{slug[:40]}-{digest}"
+
+
 INDEXED_STATUSES = ("active", "proposed")
-KEYWORD_FIELDS = ("group", "kind", "status")
+KEYWORD_FIELDS = ("group", "kind", "status", "facet")
+
+
+def facet(group: str, kind: str, status: str) -> str:
+    """One keyword naming ``(group, kind, status)``: a context search filters on it alone.
+
+    Measured on qdrant-edge with 200,000 points: one any-of condition on this field
+    took 0.07 ms where ``group`` + ``kind`` + ``status`` took 0.15 ms. Kinds and
+    statuses never contain ``|``, so a value names exactly one triple.
+    """
+    return f"{group}|{kind}|{status}"
 
 
 def item_text(item: MemoryItem) -> str:
@@ -56,8 +85,10 @@ class MemoryLog:
         self._partitions = partitions
         self.store = store
         self.embedder = embedder
+        self.collection = collection_for(embedder.name)
         self._versions: dict[str, dict[int, Snapshot]] = {}
         self._current: dict[str, int] = {}
+        self._by_id: dict[tuple[str, int], dict[str, MemoryItem]] = {}
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -66,7 +97,7 @@ class MemoryLog:
 
     async def start(self) -> None:
         dim = await embed_off_loop(self.embedder, lambda: self.embedder.dim, EMBED_TIMEOUT_S)
-        await self.store.ensure_collection(COLLECTION, dim, KEYWORD_FIELDS)
+        await self.store.ensure_collection(self.collection, dim, KEYWORD_FIELDS)
         versions = await self._consumer([self._versions_topic], self._partitions, beginning=True)
         results = await self._consumer([self._results_topic], 1, beginning=False)
         self._tasks = [
@@ -142,11 +173,15 @@ class MemoryLog:
             group = snapshot["group"]
             previous = self._current.get(group)
             self._versions.setdefault(group, {})[snapshot["version"]] = snapshot
+            self._by_id.pop((group, snapshot["version"]), None)
             if previous is None or snapshot["version"] > previous:
                 self._current[group] = snapshot["version"]
                 old = self._versions[group].get(previous) if previous is not None else None
+                if previous is not None:
+                    self._by_id.pop((group, previous), None)
                 changed.setdefault(group, old)
         await self._index(changed)
+        _settle_heap()
 
     async def _index(self, changed: dict[str, Snapshot | None]) -> None:
         """One batched upsert and delete for every group whose current version moved."""
@@ -177,6 +212,7 @@ class MemoryLog:
                         "status": item["status"],
                         "version": current["version"],
                         "item_id": item["item_id"],
+                        "facet": facet(group, item["kind"], item["status"]),
                     },
                 )
                 for item, vector in zip(items, vectors, strict=True)
@@ -184,9 +220,9 @@ class MemoryLog:
             for status in ("active", "proposed"):
                 metrics.MEMORY_ITEMS.labels(scope_of(group), status).set(0)
         if stale:
-            await self.store.delete(COLLECTION, ids=stale)
+            await self.store.delete(self.collection, ids=stale)
         if points:
-            await self.store.upsert(COLLECTION, points)
+            await self.store.upsert(self.collection, points)
         self._update_item_gauges()
 
     def _update_item_gauges(self) -> None:
@@ -249,10 +285,10 @@ class MemoryLog:
             for item in (self.snapshot(group) or {"items": []})["items"]
             if item["status"] in INDEXED_STATUSES
         }
-        existing = await self.store.scroll(COLLECTION, limit=page)
+        existing = await self.store.scroll(self.collection, limit=page)
         stale = [point.id for point in existing if point.id not in wanted]
         if stale:
-            await self.store.delete(COLLECTION, ids=stale)
+            await self.store.delete(self.collection, ids=stale)
         return {"indexed": len(wanted), "removed": len(stale)}
 
     # --- reads
@@ -268,5 +304,36 @@ class MemoryLog:
             return None
         return versions.get(self._current[group] if version is None else version)
 
+    def item(self, group: str, version: int, item_id: str) -> MemoryItem | None:
+        """One item of a version, by id, through an index built on first use.
+
+        Context requests look up every search hit; a dict per (immutable) version
+        saves scanning the group's items each time. Dropped when the version is
+        re-read or stops being current.
+        """
+        index = self._by_id.get((group, version))
+        if index is None:
+            snapshot = self.snapshot(group, version)
+            if snapshot is None:
+                return None
+            index = self._by_id[(group, version)] = {i["item_id"]: i for i in snapshot["items"]}
+        return index.get(item_id)
+
     def versions(self, group: str) -> list[Snapshot]:
         return [self._versions[group][v] for v in sorted(self._versions.get(group, {}))]
+
+
+def _settle_heap() -> None:
+    """Take the snapshots just read out of the cyclic garbage collector's sight.
+
+    Why: this process holds every version of every group, millions of small dicts
+    and lists (885,000 objects at 1,000 groups x 200 items). CPython's full
+    collection walks them all, measured at ~500 ms here, and it strikes whichever
+    request happens to allocate at that moment: a p99.9 of half a second. The
+    snapshots are JSON trees with no reference cycles, freed by reference counting
+    when dropped, so the collector has nothing to find in them. Collect first so
+    that garbage cycles already made are freed rather than frozen; after the first
+    freeze that collection only walks the objects made since, so it stays cheap.
+    """
+    gc.collect()
+    gc.freeze()

@@ -7,26 +7,30 @@ endpoint waits briefly for the outcome so a person sees the new version at once.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import structlog
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from learnloop import metrics
 from learnloop.api.auth import Caller, CallerDep
+from learnloop.api.context_cache import PrefixCache
+from learnloop.api.memory_log import facet, item_text
 from learnloop.api.problems import Problem
 from learnloop.embeddings import EmbeddingUnavailable, embed_off_loop
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
-from processors.context import EXAMPLE_KINDS, assemble, order_groups
+from processors.context import EXAMPLE_KINDS, attach_examples, order_groups
 from processors.embedding import cosine
 from processors.groups import resolve_groups
 from processors.memory import MemoryItem, Snapshot
-from processors.memory_ops import diff
+from processors.memory_ops import diff, empty_snapshot
 from processors.synthesis.text import contradiction
 
 if TYPE_CHECKING:
@@ -52,6 +56,32 @@ class ContextRequest(BaseModel):
     pin: dict[str, int] = Field(default_factory=dict)
 
 
+class ContextItemOut(BaseModel):
+    """One rule in the prefix, with the id and version it came from."""
+
+    item_id: str
+    group: str
+    kind: str
+    text: str
+    version: int
+    tokens: int
+
+
+class ContextAnswer(BaseModel):
+    """What ``POST /v1/context`` answers (documentation; the handler writes JSON directly)."""
+
+    prefix: str = Field(description="rules in a stable order; byte-identical per versions used")
+    examples: list[dict[str, Any]] = Field(description="examples retrieved for the query")
+    versions: dict[str, int] = Field(description="memory version used per group")
+    items: list[ContextItemOut] = Field(description="the rules in the prefix, in order")
+    dropped: list[dict[str, str]] = Field(
+        description="rules left out: overridden by a narrower group's rule, or over budget"
+    )
+    tokens: int = Field(description="estimated tokens of the prefix and examples")
+    groups: list[str] = Field(description="groups whose memory was used, narrowest first")
+    hidden: list[dict[str, str]] = Field(description="groups asked for but not visible")
+
+
 class ItemPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -71,8 +101,11 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
     memory = services.memory
 
     def owner(group: str) -> str | None:
-        stats = services.groups.stats(group)
-        return stats.get("org") if stats else None
+        return services.groups.owner(group)
+
+    def owner_known(group: str) -> bool:
+        """The workers hold state for ``group`` (it exists, if with no memory yet)."""
+        return services.groups.known(group)
 
     def readable(who: Caller, group: str) -> None:
         who.require("read")
@@ -83,15 +116,8 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         if snapshot is None:
             if version is not None and memory.current_version(group) is not None:
                 raise Problem(404, "unknown_version", f"{group} has no version {version}")
-            if version == 0 or (version is None and services.groups.stats(group)):
-                return {
-                    "group": group,
-                    "version": 0,
-                    "parent": None,
-                    "reason": "empty",
-                    "created_ms": 0,
-                    "items": [],
-                }
+            if version == 0 or (version is None and owner_known(group)):
+                return empty_snapshot(group)
             raise Problem(404, "unknown_group", f"no group {group!r}")
         return snapshot
 
@@ -108,7 +134,7 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         """Every version with its parent, reason, time and item counts: the audit trail."""
         readable(who, group)
         snapshots = memory.versions(group)
-        if not snapshots and not services.groups.stats(group):
+        if not snapshots and not owner_known(group):
             raise Problem(404, "unknown_group", f"no group {group!r}")
         return {
             "group": group,
@@ -161,18 +187,24 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         await memory.wait_version(group, result["version"], COMMAND_WAIT_S)
         return {"command_id": command_id, **result}
 
-    def require_item(group: str, item_id: str) -> None:
+    def require_item(who: Caller, group: str, item_id: str) -> None:
+        """403/404 as for any read of the group, then 404 if it has no such item."""
+        readable(who, group)
         current = memory.snapshot(group)
         if current is None or all(i["item_id"] != item_id for i in current["items"]):
             raise Problem(404, "unknown_item", f"{group} has no item {item_id}")
+
+    async def item_command(who: Caller, group: str, item_id: str, kind: str) -> dict[str, Any]:
+        """A change to one existing item (``run_command`` checks admin scope and tenant)."""
+        require_item(who, group, item_id)
+        return await run_command(who, group, {"type": kind, "item_id": item_id})
 
     @router.patch("/groups/{group}/items/{item_id}", tags=["changes"])
     async def patch_item(
         group: str, item_id: str, body: ItemPatch, who: CallerDep
     ) -> dict[str, Any]:
         """Edit an item's text or status; produces a new version."""
-        readable(who, group)
-        require_item(group, item_id)
+        require_item(who, group, item_id)
         changes = body.model_dump(exclude_none=True)
         if not changes:
             raise Problem(
@@ -187,21 +219,18 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
 
     @router.delete("/groups/{group}/items/{item_id}", tags=["changes"])
     async def delete_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
-        readable(who, group)
-        require_item(group, item_id)
-        return await run_command(who, group, {"type": "delete", "item_id": item_id})
+        """Delete an item; produces a new version without it."""
+        return await item_command(who, group, item_id, "delete")
 
     @router.post("/groups/{group}/items/{item_id}/approve", tags=["changes"])
     async def approve_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
-        readable(who, group)
-        require_item(group, item_id)
-        return await run_command(who, group, {"type": "approve", "item_id": item_id})
+        """Approve a proposed item (wide scopes wait for this); it becomes active."""
+        return await item_command(who, group, item_id, "approve")
 
     @router.post("/groups/{group}/items/{item_id}/reject", tags=["changes"])
     async def reject_item(group: str, item_id: str, who: CallerDep) -> dict[str, Any]:
-        readable(who, group)
-        require_item(group, item_id)
-        return await run_command(who, group, {"type": "reject", "item_id": item_id})
+        """Reject a proposed item; it never reaches a prompt."""
+        return await item_command(who, group, item_id, "reject")
 
     @router.post("/groups/{group}/rollback", tags=["changes"])
     async def rollback(group: str, body: RollbackRequest, who: CallerDep) -> dict[str, Any]:
@@ -243,9 +272,20 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
             results.append({"group": group, **outcome, "retired_items": retired})
         return {"user_id": user_id, "groups": results}
 
-    @router.post("/context", tags=["context"])
-    async def context(body: ContextRequest, who: CallerDep) -> dict[str, Any]:
-        """The learned context for a caller and a query: a cacheable prefix, examples, ids."""
+    prefixes = PrefixCache(settings.context_cache_entries, _conflicts)
+
+    @router.post(
+        "/context",
+        tags=["context"],
+        response_class=JSONResponse,  # for the docs; the answer is serialised by orjson
+        responses={200: {"model": ContextAnswer, "description": "The caller's context"}},
+    )
+    async def context(body: ContextRequest, who: CallerDep) -> Response:
+        """The learned context for a caller and a query: a cacheable prefix, examples, ids.
+
+        Rules of narrower groups override the wider rules they contradict; those are
+        left out of the prefix and listed in ``dropped`` with the rule that won.
+        """
         who.require("read")
         if who.tenant != "*" and body.org_id not in (None, who.tenant):
             raise Problem(403, "forbidden", f"this key is bound to org {who.tenant!r}")
@@ -276,11 +316,15 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
                     )
                 continue
             snapshots[group] = snapshot
+        # Only what this caller may read is in `snapshots`, so the cache key (taken
+        # from it) cannot hand one tenant's rules to another.
+        prefix = prefixes.prefix(snapshots, body.max_tokens)
         examples = await _examples(services, snapshots, body.query, body.pin)
-        result = assemble(snapshots, examples, body.max_tokens, _conflicts, body.max_examples)
+        result = attach_examples(prefix, examples, body.max_tokens, body.max_examples)
         metrics.CONTEXT_ITEMS.observe(len(result["items"]) + len(result["examples"]))
         metrics.CONTEXT_TOKENS.observe(result["tokens"])
-        return {**result, "groups": list(snapshots), "hidden": hidden}
+        answer = {**result, "groups": list(snapshots), "hidden": hidden}
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     return router
 
@@ -313,14 +357,24 @@ async def _examples(
     found: list[tuple[float, MemoryItem]] = []
     current_groups = [g for g in snapshots if g not in pins]
     if current_groups:
+        # One search for all the caller's groups. The filter names only those groups,
+        # and a hit counts only if it is an item of their current snapshots, so
+        # nothing outside what the caller may read can come back.
+        started = time.perf_counter()
         hits = await services.memory.store.search(
-            "memory",
+            services.memory.collection,
             vector,
             limit=12,
-            where={"group": current_groups, "kind": list(EXAMPLE_KINDS), "status": "active"},
+            where={"facet": [facet(g, k, "active") for g in current_groups for k in EXAMPLE_KINDS]},
+            with_payload=False,
         )
-        by_id = {i["item_id"]: i for g in current_groups for i in snapshots[g]["items"]}
-        found.extend((hit.score, by_id[hit.id]) for hit in hits if hit.id in by_id)
+        metrics.CONTEXT_SEARCH_SECONDS.observe(time.perf_counter() - started)
+        for hit in hits:
+            for group in current_groups:
+                item = services.memory.item(group, snapshots[group]["version"], hit.id)
+                if item is not None:
+                    found.append((hit.score, item))
+                    break
     for group in (g for g in snapshots if g in pins):
         items = [
             i
@@ -328,8 +382,6 @@ async def _examples(
             if i["kind"] in EXAMPLE_KINDS and i["status"] == "active"
         ]
         if items:
-            from learnloop.api.memory_log import item_text
-
             texts = [item_text(i) for i in items]
             try:
                 vectors = await embed_off_loop(embedder, lambda t=texts: embedder.embed(t), 10.0)
@@ -340,6 +392,4 @@ async def _examples(
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

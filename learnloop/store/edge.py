@@ -134,15 +134,16 @@ class EdgeVectorStore:
         *,
         where: Where | None = None,
         limit: int = 10,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """Exact within a group via the keyword index; brute force or HNSW otherwise."""
         check_collection_name(collection)
         check_limit(limit)
         request = qe.SearchRequest(
-            query=qe.Query.Nearest([float(x) for x in vector]),
+            query=qe.Query.Nearest(list(map(float, vector))),
             limit=limit,
             filter=_filter(parse_where(where)),
-            with_payload=True,
+            with_payload=with_payload,
             with_vector=False,
         )
         with self._lock:

@@ -99,8 +99,13 @@ class VectorStore(Protocol):
         *,
         where: Where | None = None,
         limit: int = 10,
+        with_payload: bool = True,
     ) -> list[Hit]:
-        """Nearest points by cosine similarity among those matching ``where``."""
+        """Nearest points by cosine similarity among those matching ``where``.
+
+        ``with_payload=False`` leaves each hit's payload empty: cheaper when the
+        caller only needs ids and scores.
+        """
         ...
 
     async def scroll(

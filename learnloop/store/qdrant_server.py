@@ -131,6 +131,7 @@ class QdrantServerStore:
         *,
         where: Where | None = None,
         limit: int = 10,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """``query_points`` with a nearest-vector query; ties ordered by id."""
         check_collection_name(collection)
@@ -142,7 +143,7 @@ class QdrantServerStore:
                 query=[float(x) for x in vector],
                 query_filter=flt,
                 limit=limit,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vectors=False,
             )
         hits = [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]

@@ -179,6 +179,44 @@ def test_budget_limits_the_prefix(stack) -> None:
     assert len(small["items"]) < len(large["items"])
 
 
+def test_a_narrower_rule_overrides_the_wider_rule_it_contradicts(stack) -> None:
+    """Precedence end to end: a user's rule beats the team rule it contradicts.
+
+    The team rule is learned from three teammates (the default team policy); the
+    user's own rule says the opposite. The user's context keeps the user rule, leaves
+    the team rule out of the prefix and lists it in ``dropped`` with the rule that
+    won; a teammate without a rule of their own still gets the team rule.
+    """
+    team = f"prec{uuid.uuid4().hex[:6]}"
+    for name in ("pat", "quinn", "rae"):
+        teach(stack, f"{name}-{team}", "always answer in English", team=team)
+    team_rule = active_rules(wait_rule(stack, f"team:{team}", "english", 60))[0]
+    assert team_rule["provenance"]["distinct_users"] >= 3
+    uma = f"uma-{team}"
+    teach(stack, uma, "please always answer in German", team=None)  # only her own group
+    user_rule = active_rules(wait_rule(stack, f"user:{uma}", "german"))[0]
+
+    mine = context(stack, user_id=uma, team_id=team, org_id="acme", query="q")
+    assert set(mine["versions"]) >= {f"user:{uma}", f"team:{team}"}  # both groups were used
+    assert "German" in mine["prefix"] and "English" not in mine["prefix"]
+    assert [i["item_id"] for i in mine["items"]].count(user_rule["item_id"]) == 1
+    assert team_rule["item_id"] not in [i["item_id"] for i in mine["items"]]
+    dropped = {d["item_id"]: d for d in mine["dropped"]}
+    assert dropped[team_rule["item_id"]] == {
+        "item_id": team_rule["item_id"],
+        "group": f"team:{team}",
+        "reason": f"overridden by {user_rule['item_id']} in user:{uma}",
+    }
+    # the same answer again: byte-identical prefix (now from the prefix cache)
+    assert context(stack, user_id=uma, team_id=team, org_id="acme", query="other")["prefix"] \
+        == mine["prefix"]
+
+    teammate = context(stack, user_id=f"val-{team}", team_id=team, org_id="acme", query="q")
+    assert team_rule["item_id"] in [i["item_id"] for i in teammate["items"]]
+    assert "English" in teammate["prefix"] and "German" not in teammate["prefix"]
+    assert team_rule["item_id"] not in {d["item_id"] for d in teammate["dropped"]}
+
+
 def test_edit_rollback_reset_through_the_api(stack) -> None:
     teach(stack, "dave", "use metric units in every answer")
     snapshot = wait_rule(stack, "user:dave", "metric")

@@ -71,7 +71,23 @@ def test_sigterm_mid_stream_finishes_the_batches_in_progress_and_commits_them(
     assert 0 < done_by_first < len(events), "the signal must arrive mid-stream"
     second = workers("second")
     second.wait_ready()
-    wait_until(lambda: actual_counts(read_group_states(stack_env)) == expected_counts(events), 90)
+    expected = expected_counts(events)
+    seen: dict[str, Any] = {}
+
+    def caught_up() -> bool:
+        seen["join"] = second.metric("learnloop_events_in_total", stage="join")
+        seen["counts"] = actual_counts(read_group_states(stack_env))
+        return bool(seen["counts"] == expected)
+
+    try:
+        wait_until(caught_up, 180, 1.0)
+    except AssertionError:
+        wrong = {g: (seen["counts"].get(g), c) for g, c in expected.items()
+                 if seen["counts"].get(g) != c}
+        raise AssertionError(
+            f"successor read {seen['join']} join events after {done_by_first}; "
+            f"{len(wrong)} groups differ (actual, expected), e.g. {list(wrong.items())[:3]}"
+        ) from None
     # no event read twice at the join stage, none skipped: the first worker committed
     # exactly what it had processed
     assert done_by_first + second.metric("learnloop_events_in_total", stage="join") == len(events)

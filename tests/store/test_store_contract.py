@@ -107,6 +107,17 @@ async def test_search_ranks_by_cosine_similarity(store: VectorStore) -> None:
     assert names(top2) == ["same-direction", "close"]
 
 
+async def test_search_without_payload_gives_the_same_ids_and_scores(store: VectorStore) -> None:
+    await store.upsert(COLL, group_points(["user:alice", "user:bob"], per_group=6))
+    query = [0.3, -0.2, 0.9, 0.1]
+    full = await store.search(COLL, query, where={"group": ["user:alice"]}, limit=4)
+    bare = await store.search(
+        COLL, query, where={"group": ["user:alice"]}, limit=4, with_payload=False
+    )
+    assert [(h.id, h.score) for h in bare] == [(h.id, h.score) for h in full]
+    assert all(h.payload == {} for h in bare) and all(h.payload for h in full)
+
+
 async def test_group_filter_never_returns_another_groups_points(store: VectorStore) -> None:
     # "user:al" is a prefix of "user:alice": a keyword match must be exact.
     groups = ["user:alice", "user:al", "team:core", "global"]

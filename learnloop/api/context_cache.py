@@ -1,0 +1,77 @@
+"""A bounded cache of assembled prefixes, so a context request does not rebuild its rules.
+
+Why it is safe: a prefix (:func:`processors.context.assemble_prefix`) is a pure
+function of the snapshots it is built from and the token budget. Snapshots are
+immutable and named by ``(group, version)``: any change to a group's memory is a
+new version, hence a new key, so an entry can never go stale, and the old keys
+simply age out of the LRU.
+
+Why it cannot leak across tenants: the key is taken *after* the request has been
+authorised and its groups filtered to those the caller may see, and it is exactly
+the selection the prefix is built from (every group and version, in order) plus
+the budget. Two callers share an entry only if they were both allowed to read
+exactly the same snapshots, in which case they are owed the same bytes. As a
+second guard, a hit also requires the very snapshot objects the entry was built
+from (identity), so a log that re-delivered a version with other content would
+miss instead of serving the old text.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
+from learnloop import metrics
+from processors.context import Prefix, assemble_prefix
+from processors.memory import MemoryItem, Snapshot
+
+Key = tuple[tuple[tuple[str, int], ...], int]
+
+
+MAX_CHARS = 64_000_000
+"""Upper bound on the prefix text held, whatever the budgets asked for (about 64 MB)."""
+
+
+class PrefixCache:
+    """LRU of ``(selection, max_tokens) -> Prefix``: at most ``entries`` of them (0: off)
+    and at most ``max_chars`` characters of prefix text in all."""
+
+    def __init__(
+        self,
+        entries: int,
+        conflicts: Callable[[MemoryItem, MemoryItem], bool],
+        max_chars: int = MAX_CHARS,
+    ) -> None:
+        self._entries = entries
+        self._max_chars = max_chars
+        self._chars = 0
+        self._conflicts = conflicts
+        self._cache: OrderedDict[Key, tuple[tuple[Snapshot, ...], Prefix]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def prefix(self, snapshots: Mapping[str, Snapshot], max_tokens: int) -> Prefix:
+        """The prefix for these snapshots and budget; treat the answer as read-only."""
+        if self._entries <= 0:
+            return assemble_prefix(snapshots, max_tokens, self._conflicts)
+        groups = sorted(snapshots)
+        key: Key = (tuple((g, snapshots[g]["version"]) for g in groups), max_tokens)
+        sources = tuple(snapshots[g] for g in groups)
+        found = self._cache.get(key)
+        if found is not None and all(a is b for a, b in zip(found[0], sources, strict=True)):
+            self._cache.move_to_end(key)
+            metrics.CONTEXT_PREFIX_CACHE.labels("hit").inc()
+            return found[1]
+        metrics.CONTEXT_PREFIX_CACHE.labels("miss").inc()
+        built = assemble_prefix(snapshots, max_tokens, self._conflicts)
+        if found is not None:
+            self._forget(key)
+        self._cache[key] = (sources, built)
+        self._chars += len(built["prefix"])
+        while len(self._cache) > self._entries or self._chars > self._max_chars:
+            self._forget(next(iter(self._cache)))
+        return built
+
+    def _forget(self, key: Key) -> None:
+        self._chars -= len(self._cache.pop(key)[1]["prefix"])
