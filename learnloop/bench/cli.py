@@ -255,8 +255,12 @@ def context(
     items: Annotated[
         list[int] | None, typer.Option(help="Items per group; repeat to compare (default 20, 200).")
     ] = None,
-    requests: Annotated[int, typer.Option(help="Requests per run.", min=10)] = 2000,
+    requests: Annotated[int, typer.Option(help="Requests per run (httpx client).", min=10)] = 2000,
     concurrency: Annotated[int, typer.Option(help="Concurrent clients.", min=1)] = 8,
+    client: Annotated[
+        str,
+        typer.Option(help="httpx, wrk (fixed duration) or both; the first one goes in the table."),
+    ] = "httpx",
     json_out: JsonOption = None,
 ) -> None:
     """/v1/context latency and requests/s for one API process, as items per group grow.
@@ -265,35 +269,34 @@ def context(
     """
     from rich.table import Table
 
+    if client not in ("httpx", "wrk", "both"):
+        err.print("[red]error:[/red] --client must be httpx, wrk or both")
+        raise typer.Exit(2)
     runs = []
     for n in items or [20, 200]:
+        args = ["--groups", str(groups), "--items", str(n), "--requests", str(requests)]
+        args += ["--concurrency", str(concurrency), "--client", client]
         runs.append(
             _run_script(
                 "context_latency.py",
-                [
-                    "--groups",
-                    str(groups),
-                    "--items",
-                    str(n),
-                    "--requests",
-                    str(requests),
-                    "--concurrency",
-                    str(concurrency),
-                ],
-                f"context_latency.py --groups {groups} --items {n} --requests {requests}…",
+                args,
+                f"context_latency.py {' '.join(args)}…",
             )
         )
     table = Table(
         title=f"/v1/context: 1 API process, embedded store, {groups} groups, "
-        f"{requests} requests at concurrency {concurrency}",
+        f"concurrency {concurrency}",
         title_justify="left",
     )
-    for column in ("items/group", "points", "p50 ms", "p99 ms", "requests/s", "index s"):
+    columns = ("items/group", "points", "client", "requests", "p50 ms", "p99 ms", "requests/s")
+    for column in (*columns, "index s"):
         table.add_column(column, justify="right")
     for run in runs:
         table.add_row(
             str(run["items_per_group"]),
             f"{run['points']:,}",
+            str(run.get("client", "httpx")),
+            f"{run['requests']:,}",
             f"{run['p50_ms']:.1f}",
             f"{run['p99_ms']:.1f}",
             f"{run['requests_per_s']:,.0f}",
