@@ -79,6 +79,22 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     async def on_stop(self) -> None:
         self.stopping = True
         await super().on_stop()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        """Close the HTTP clients of the LLM and a remote embedder (pooled connections)."""
+        closers: list[Any] = []
+        for holder in (getattr(self, "synthesizer", None), getattr(self, "judge_client", None)):
+            if hasattr(holder, "aclose"):
+                closers.append(holder.aclose())
+        embedder = getattr(self, "embedder", None)
+        if hasattr(embedder, "close"):
+            closers.append(asyncio.to_thread(embedder.close))
+        for closing in closers:
+            try:
+                await asyncio.wait_for(closing, timeout=5.0)
+            except Exception:  # a failed close must not block the exit
+                log.warning("could not close a client at shutdown", exc_info=True)
 
     async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
         """Faust's hook after the partitions are paused: at shutdown, drain and commit.
