@@ -37,6 +37,9 @@ def quality(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: each scenario's).")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Run each scenario over this many rounds.", min=1)
+    ] = None,
     sink: Annotated[str, typer.Option(help="kafka or http (POST /v1/events).")] = "kafka",
     closed_loop: Annotated[
         bool,
@@ -68,6 +71,8 @@ def quality(
     try:
         settings = load_settings(config)
         scenarios = [load_scenario(name) for name in names]
+        if rounds is not None:
+            scenarios = [s.with_rounds(rounds) for s in scenarios]
     except LearnloopError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

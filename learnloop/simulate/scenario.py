@@ -215,6 +215,13 @@ class Scenario(Strict):
                             )
         return self
 
+    def with_rounds(self, rounds: int) -> Scenario:
+        """The same scenario over more (or fewer) rounds, validated again."""
+        try:
+            return Scenario.model_validate({**self.model_dump(), "rounds": rounds})
+        except ValidationError as exc:
+            raise ScenarioError(describe(exc, self.name)) from None
+
     def preference(self, pref_id: str) -> Preference:
         return next(p for p in self.preferences if p.id == pref_id)
 

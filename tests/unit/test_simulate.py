@@ -225,3 +225,13 @@ def test_cli_writes_a_file_and_refuses_two_destinations(tmp_path: Path) -> None:
         check=True,
     )
     assert b"tuning/devtools" in listed.stdout and b"evaluation/support" in listed.stdout
+
+
+def test_more_rounds_keep_the_first_ones_and_are_validated() -> None:
+    scenario = load_scenario("devtools")
+    longer = scenario.with_rounds(12)
+    assert longer.rounds == 12
+    first = [e for e in generate(longer) if e.round < scenario.rounds]
+    assert to_jsonl(first) == to_jsonl(generate(scenario))
+    with pytest.raises(ScenarioError, match="from_round"):
+        scenario.with_rounds(3)  # the web team switches in round 4
