@@ -234,11 +234,14 @@ SEARCH_SUM = "learnloop_context_search_seconds_sum"
 SEARCH_COUNT = "learnloop_context_search_seconds_count"
 APP_SUM = 'learnloop_api_request_seconds_sum{route="/v1/context"}'
 APP_COUNT = 'learnloop_api_request_seconds_count{route="/v1/context"}'
+GC_FULL = 'python_gc_collections_total{generation="2"}'
+GC_FULL_SUM = 'learnloop_gc_pause_seconds_sum{generation="2"}'
 
 
 def api_metrics(url: str) -> dict[str, float]:
     """The API's own counters that explain its latency."""
-    out = dict.fromkeys((HIT, MISS, SEARCH_SUM, SEARCH_COUNT, APP_SUM, APP_COUNT), 0.0)
+    names = (HIT, MISS, SEARCH_SUM, SEARCH_COUNT, APP_SUM, APP_COUNT, GC_FULL, GC_FULL_SUM)
+    out = dict.fromkeys(names, 0.0)
     for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
         name, _, value = line.rpartition(" ")
         if name in out:
@@ -254,6 +257,8 @@ def explain(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
         "prefix_cache_hit_rate": d[HIT] / (d[HIT] + d[MISS]) if d[HIT] + d[MISS] else nan,
         "in_app_ms": d[APP_SUM] / d[APP_COUNT] * 1000 if d[APP_COUNT] else nan,
         "store_search_ms": d[SEARCH_SUM] / d[SEARCH_COUNT] * 1000 if d[SEARCH_COUNT] else nan,
+        "full_gc_collections": d[GC_FULL],
+        "full_gc_seconds": d[GC_FULL_SUM],
     }
 
 
@@ -428,8 +433,9 @@ def report(rows: dict[str, Any]) -> None:
         print(
             f"  in the API: {r['in_app_ms']:.2f} ms/req in the app (after HTTP parsing), of which "
             f"{r['store_search_ms']:.2f} ms in the store search; prefix cache hits "
-            f"{r['prefix_cache_hit_rate']:.1%}; load average after the run "
-            f"{r['load_average_1m']:.2f}"
+            f"{r['prefix_cache_hit_rate']:.1%}; full GCs {r['full_gc_collections']:.0f} "
+            f"({r['full_gc_seconds'] * 1000:.0f} ms); "
+            f"load average after the run {r['load_average_1m']:.2f}"
         )
 
 
