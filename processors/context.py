@@ -10,7 +10,7 @@ is byte-identical between memory changes: prompt caches keep hitting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from processors.groups import scope_of
@@ -63,10 +63,16 @@ def order_groups(groups: Sequence[str]) -> list[str]:
     return sorted(set(groups), key=lambda g: (scope_rank(g), g))
 
 
+ConflictKeys = Callable[[MemoryItem], tuple[frozenset[str], frozenset[str]]]
+"""``item -> (offers, seeks)``: ``conflicts(narrow, wide)`` can only hold if
+``offers(narrow)`` and ``seeks(wide)`` share a key (a necessary condition)."""
+
+
 def assemble_prefix(
     snapshots: Mapping[str, Snapshot],
     max_tokens: int,
     conflicts: Callable[[MemoryItem, MemoryItem], bool],
+    keys: ConflictKeys | None = None,
 ) -> Prefix:
     """Merge the groups' active rules by precedence and fit the budget.
 
@@ -74,11 +80,17 @@ def assemble_prefix(
     wide)`` against the rules already chosen from *earlier* (narrower, or equally
     wide and sorted first) groups, never against rules of its own group: within a
     group, consolidation has already settled contradictions. A rule that loses is
-    left out and listed in ``dropped`` with the id and group of the rule that won.
+    left out and listed in ``dropped`` with the id and group of the rule that won
+    (the first narrower rule, in prefix order, that contradicts it).
+
+    ``keys`` only saves work: narrower rules that share no key with the wide rule
+    are not asked, and the answer is the same as without it. Without it, four groups
+    of 50 rules cost ~15,000 ``conflicts`` calls (about 50 ms with the text checks).
     """
     versions = {group: snapshots[group]["version"] for group in order_groups(list(snapshots))}
     chosen: list[ContextItem] = []
     narrower: list[MemoryItem] = []  # rules chosen from the groups before this one
+    offered: dict[str, list[int]] = {}  # key -> positions in `narrower` that offer it
     dropped: list[dict[str, str]] = []
     budget = max_tokens - estimate_tokens(HEADER)
     for group in versions:
@@ -92,7 +104,12 @@ def assemble_prefix(
         )
         taken: list[MemoryItem] = []
         for item in rules:
-            overridden = next((c for c in narrower if conflicts(c, item)), None)
+            candidates: Iterable[MemoryItem] = narrower
+            if keys is not None and narrower:
+                seeks = keys(item)[1]
+                positions = {i for key in seeks for i in offered.get(key, ())}
+                candidates = (narrower[i] for i in sorted(positions))
+            overridden = next((c for c in candidates if conflicts(c, item)), None)
             if overridden is not None:
                 dropped.append(
                     {
@@ -119,7 +136,11 @@ def assemble_prefix(
                     "tokens": item["tokens"],
                 }
             )
-        narrower.extend(taken)
+        for item in taken:
+            if keys is not None:
+                for key in keys(item)[0]:
+                    offered.setdefault(key, []).append(len(narrower))
+            narrower.append(item)
     lines = [HEADER] + [f"- [{c['group']}] {c['text']}" for c in chosen] if chosen else []
     return {
         "prefix": "\n".join(lines),

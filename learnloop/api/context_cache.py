@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from learnloop import metrics
-from processors.context import Prefix, assemble_prefix
+from processors.context import ConflictKeys, Prefix, assemble_prefix
 from processors.memory import MemoryItem, Snapshot
 
 Key = tuple[tuple[tuple[str, int], ...], int]
@@ -41,8 +41,10 @@ class PrefixCache:
         entries: int,
         conflicts: Callable[[MemoryItem, MemoryItem], bool],
         max_chars: int = MAX_CHARS,
+        keys: ConflictKeys | None = None,
     ) -> None:
         self._entries = entries
+        self._keys = keys
         self._max_chars = max_chars
         self._chars = 0
         self._conflicts = conflicts
@@ -54,7 +56,7 @@ class PrefixCache:
     def prefix(self, snapshots: Mapping[str, Snapshot], max_tokens: int) -> Prefix:
         """The prefix for these snapshots and budget; treat the answer as read-only."""
         if self._entries <= 0:
-            return assemble_prefix(snapshots, max_tokens, self._conflicts)
+            return assemble_prefix(snapshots, max_tokens, self._conflicts, self._keys)
         groups = sorted(snapshots)
         key: Key = (tuple((g, snapshots[g]["version"]) for g in groups), max_tokens)
         sources = tuple(snapshots[g] for g in groups)
@@ -64,7 +66,7 @@ class PrefixCache:
             metrics.CONTEXT_PREFIX_CACHE.labels("hit").inc()
             return found[1]
         metrics.CONTEXT_PREFIX_CACHE.labels("miss").inc()
-        built = assemble_prefix(snapshots, max_tokens, self._conflicts)
+        built = assemble_prefix(snapshots, max_tokens, self._conflicts, self._keys)
         if found is not None:
             self._forget(key)
         self._cache[key] = (sources, built)

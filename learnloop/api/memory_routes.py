@@ -31,7 +31,7 @@ from processors.embedding import cosine
 from processors.groups import resolve_groups
 from processors.memory import MemoryItem, Snapshot
 from processors.memory_ops import diff, empty_snapshot
-from processors.synthesis.text import contradiction
+from processors.synthesis.text import contradiction, rule_shape
 
 if TYPE_CHECKING:
     from learnloop.api.app import Services
@@ -272,7 +272,7 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
             results.append({"group": group, **outcome, "retired_items": retired})
         return {"user_id": user_id, "groups": results}
 
-    prefixes = PrefixCache(settings.context_cache_entries, _conflicts)
+    prefixes = PrefixCache(settings.context_cache_entries, _conflicts, keys=_conflict_keys)
 
     @router.post(
         "/context",
@@ -340,6 +340,23 @@ def _conflicts(narrow: MemoryItem, wide: MemoryItem) -> bool:
     if narrow["group"] == wide["group"]:
         return False
     return contradiction(narrow["text"], wide["text"]) is not None
+
+
+def _conflict_keys(item: MemoryItem) -> tuple[frozenset[str], frozenset[str]]:
+    """What a rule offers to, and seeks in, a contradiction (see ``_conflicts``).
+
+    ``contradiction(narrow, wide)`` needs a thing ``narrow`` asks for that ``wide``
+    avoids, a thing ``narrow`` avoids that ``wide`` asks for, or an exclusive choice
+    (language, version, ...) that both make. So ``narrow`` offers ``+t`` for what it
+    asks for, ``-t`` for what it avoids and ``=name`` for its choices; ``wide`` seeks
+    ``-t`` for what it asks for, ``+t`` for what it avoids and the same ``=name``.
+    tests/unit/test_precedence_keys.py checks that no contradiction is missed.
+    """
+    shape = rule_shape(item["text"])
+    choices = {f"={name}" for name, _ in shape.choices}
+    offers = {f"+{t}" for t in shape.positive} | {f"-{t}" for t in shape.negative}
+    seeks = {f"-{t}" for t in shape.positive} | {f"+{t}" for t in shape.negative}
+    return frozenset(offers | choices), frozenset(seeks | choices)
 
 
 async def _examples(
