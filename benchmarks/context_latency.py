@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -112,13 +112,35 @@ async def seed(bootstrap: str, topic: str, groups: list[str], n_items: int) -> N
         await producer.stop()
 
 
-def request_body(groups: int, n: int) -> dict[str, Any]:
-    """Request ``n``: round-robin over the groups, and a query no earlier request asked."""
-    return {
-        "user_id": f"u{n % groups}",
+class Layout(NamedTuple):
+    """How the groups split into scopes; user ``u<k>`` is in team ``t<k % teams>`` and org
+    ``o<k % orgs>``, so each caller's context merges up to three groups."""
+
+    users: int
+    teams: int = 0
+    orgs: int = 0
+
+    def groups(self) -> list[str]:
+        return (
+            [f"user:u{n}" for n in range(self.users)]
+            + [f"team:t{n}" for n in range(self.teams)]
+            + [f"org:o{n}" for n in range(self.orgs)]
+        )
+
+
+def request_body(layout: Layout, n: int) -> dict[str, Any]:
+    """Request ``n``: round-robin over the users, and a query no earlier request asked."""
+    k = n % layout.users
+    body: dict[str, Any] = {
+        "user_id": f"u{k}",
         "query": f"how about {TOPICS[n % 10]}, case {n}?",
         "max_tokens": 800,
     }
+    if layout.teams:
+        body["team_id"] = f"t{k % layout.teams}"
+    if layout.orgs:
+        body["org_id"] = f"o{k % layout.orgs}"
+    return body
 
 
 WRK_SCRIPT = """
@@ -126,9 +148,13 @@ local n = 0
 local topics = {%(topics)s}
 request = function()
   n = n + 1
+  local k = n %% %(users)d
+  local scopes = ""
+  if %(teams)d > 0 then scopes = scopes .. string.format(',"team_id":"t%%d"', k %% %(teams)d) end
+  if %(orgs)d > 0 then scopes = scopes .. string.format(',"org_id":"o%%d"', k %% %(orgs)d) end
   local body = string.format(
-    '{"user_id":"u%%d","query":"how about %%s, case %%d?","max_tokens":800}',
-    n %% %(groups)d, topics[n %% 10 + 1], n)
+    '{"user_id":"u%%d"%%s,"query":"how about %%s, case %%d?","max_tokens":800}',
+    k, scopes, topics[n %% 10 + 1], n)
   return wrk.format("POST", "/v1/context", {["content-type"] = "application/json"}, body)
 end
 """
@@ -144,7 +170,7 @@ end
 """
 
 
-async def load_httpx(url: str, groups: int, requests: int, concurrency: int) -> list[float]:
+async def load_httpx(url: str, layout: Layout, requests: int, concurrency: int) -> list[float]:
     """A Python client in this process (not the API's): ``concurrency`` keep-alive loops."""
     latencies: list[float] = []
     counter = iter(range(requests))
@@ -154,7 +180,7 @@ async def load_httpx(url: str, groups: int, requests: int, concurrency: int) -> 
         async def one_worker() -> None:
             for n in counter:
                 started = time.perf_counter()
-                answer = await client.post("/v1/context", json=request_body(groups, n))
+                answer = await client.post("/v1/context", json=request_body(layout, n))
                 latencies.append(time.perf_counter() - started)
                 if answer.status_code != 200:
                     raise SystemExit(f"request {n} answered {answer.status_code}: {answer.text}")
@@ -163,10 +189,10 @@ async def load_httpx(url: str, groups: int, requests: int, concurrency: int) -> 
     return latencies
 
 
-def run_httpx(url: str, groups: int, requests: int, concurrency: int) -> dict[str, float]:
+def run_httpx(url: str, layout: Layout, requests: int, concurrency: int) -> dict[str, float]:
     cpu = time.process_time()
     started = time.perf_counter()
-    latencies = sorted(asyncio.run(load_httpx(url, groups, requests, concurrency)))
+    latencies = sorted(asyncio.run(load_httpx(url, layout, requests, concurrency)))
     wall = time.perf_counter() - started
     return {
         "requests": float(len(latencies)),
@@ -179,14 +205,14 @@ def run_httpx(url: str, groups: int, requests: int, concurrency: int) -> dict[st
 
 
 def run_wrk(
-    url: str, groups: int, seconds: int, concurrency: int, tmp: str, path: str = "/v1/context"
+    url: str, layout: Layout, seconds: int, concurrency: int, tmp: str, path: str = "/v1/context"
 ) -> dict[str, float]:
     """wrk (C, one thread, keep-alive) in its own process; every answer must be 2xx.
 
     ``path`` other than ``/v1/context`` is fetched with a plain GET (the floor).
     """
     script = Path(tmp, "context.lua")
-    request = WRK_SCRIPT % {"topics": ", ".join(f'"{t}"' for t in TOPICS), "groups": groups}
+    request = WRK_SCRIPT % {"topics": ", ".join(f'"{t}"' for t in TOPICS), **layout._asdict()}
     script.write_text((request if path == "/v1/context" else "") + WRK_DONE)
     command = [
         "wrk",
@@ -291,6 +317,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk: duration")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
+        "--teams", type=int, default=0, help="of the groups, team groups (callers are in one)"
+    )
+    parser.add_argument(
+        "--orgs", type=int, default=0, help="of the groups, org groups (callers are in one)"
+    )
+    parser.add_argument(
         "--cache-entries",
         type=int,
         default=None,
@@ -302,9 +334,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     unique = uuid.uuid4().hex[:6]
-    groups = [f"user:u{n}" for n in range(args.groups)]
+    layout = Layout(args.groups - args.teams - args.orgs, args.teams, args.orgs)
+    if layout.users < 1:
+        parser.error("--groups must exceed --teams + --orgs")
+    groups = layout.groups()
     rows: dict[str, Any] = {
         "groups": args.groups,
+        "layout": layout._asdict(),
         "items_per_group": args.items,
         "points": args.groups * args.items,
         "concurrency": args.concurrency,
@@ -335,7 +371,10 @@ def main() -> None:
         clients = ["wrk", "httpx"] if args.client == "both" else [args.client]
         try:
             rows["api_read_and_index_s"] = wait_indexed(url, groups[-1], 900)
-            asyncio.run(load_httpx(url, args.groups, 500, args.concurrency))  # warm-up
+            asyncio.run(load_httpx(url, layout, 500, args.concurrency))  # warm-up
+            sample = httpx.post(f"{url}/v1/context", json=request_body(layout, 1), timeout=5).json()
+            rows["groups_per_answer"] = len(sample["versions"])
+            rows["examples_per_answer"] = len(sample["examples"])
             idle = cpu_seconds(process.pid)
             time.sleep(3.0)  # what the API burns with no requests (following the logs)
             rows["api_idle_cpu"] = (cpu_seconds(process.pid) - idle) / 3.0
@@ -362,9 +401,9 @@ def main() -> None:
                     time.sleep(1.0)
                 api_cpu, counters = cpu_seconds(process.pid), api_metrics(url)
                 if name == "wrk":
-                    result = run_wrk(url, args.groups, args.seconds, args.concurrency, tmp)
+                    result = run_wrk(url, layout, args.seconds, args.concurrency, tmp)
                 else:
-                    result = run_httpx(url, args.groups, args.requests, args.concurrency)
+                    result = run_httpx(url, layout, args.requests, args.concurrency)
                 result["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
                 result.update(explain(counters, api_metrics(url)))
                 result["load_average_1m"] = os.getloadavg()[0]
@@ -382,7 +421,7 @@ def main() -> None:
             )
             if "wrk" in clients:  # what the framework costs with no work in the handler
                 api_cpu = cpu_seconds(process.pid)
-                floor = run_wrk(url, args.groups, 5, args.concurrency, tmp, path="/healthz")
+                floor = run_wrk(url, layout, 5, args.concurrency, tmp, path="/healthz")
                 floor["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
                 rows["floor"] = floor
         finally:
@@ -408,12 +447,21 @@ def report_floor(rows: dict[str, Any]) -> None:
 def report(rows: dict[str, Any]) -> None:
     print(
         f"/v1/context, 1 API process, embedded store (qdrant-edge), "
-        f"{rows['groups']:,} groups x {rows['items_per_group']} items, "
+        f"{rows['groups']:,} groups x {rows['items_per_group']} items "
+        f"({rows['layout']['users']:,} user, {rows['layout']['teams']:,} team, "
+        f"{rows['layout']['orgs']:,} org), "
         f"concurrency {rows['concurrency']}"
     )
     print("(Qdrant server adapter: not measured, no Qdrant server can be installed here)")
     print(f"machine: {os.cpu_count()} cores, shared: the API, the client and anything else")
-    for key in ("points", "seed_s", "api_read_and_index_s", "api_idle_cpu"):
+    for key in (
+        "points",
+        "seed_s",
+        "api_read_and_index_s",
+        "api_idle_cpu",
+        "groups_per_answer",
+        "examples_per_answer",
+    ):
         value = rows[key]
         print(
             f"{key:<24} {value:>14,.2f}" if isinstance(value, float) else f"{key:<24} {value:>14}"
