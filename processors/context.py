@@ -151,19 +151,17 @@ def assemble_prefix(
     }
 
 
-def attach_examples(
-    prefix: Prefix,
+def pick_examples(
+    versions: Mapping[str, int],
+    budget: int,
     examples: Sequence[tuple[float, MemoryItem]],
-    max_tokens: int,
     max_examples: int = 4,
-) -> Context:
-    """The context: ``prefix`` (not modified, it may be shared) plus the best examples.
+) -> tuple[list[dict[str, Any]], int]:
+    """The best examples that fit ``budget``, and the budget they leave.
 
     ``examples`` are ``(similarity, item)`` pairs retrieved for the query from the
-    caller's groups; they fill what the rules left of the budget, best first.
+    caller's groups (``versions``); best first, ties by id.
     """
-    versions = prefix["versions"]
-    budget = prefix["budget_left"]
     picked: list[dict[str, Any]] = []
     for score, item in sorted(examples, key=lambda e: (-e[0], e[1]["item_id"])):
         if len(picked) >= max_examples or item["group"] not in versions:
@@ -186,10 +184,24 @@ def attach_examples(
                 "score": round(score, 4),
             }
         )
+    return picked, budget
+
+
+def attach_examples(
+    prefix: Prefix,
+    examples: Sequence[tuple[float, MemoryItem]],
+    max_tokens: int,
+    max_examples: int = 4,
+) -> Context:
+    """The context: ``prefix`` (not modified, it may be shared) plus the best examples
+    that fit in what the rules left of the budget."""
+    picked, budget = pick_examples(
+        prefix["versions"], prefix["budget_left"], examples, max_examples
+    )
     return {
         "prefix": prefix["prefix"],
         "examples": picked,
-        "versions": dict(versions),
+        "versions": dict(prefix["versions"]),
         "items": list(prefix["items"]),
         "dropped": list(prefix["dropped"]),
         "tokens": max_tokens - budget,

@@ -26,7 +26,7 @@ from learnloop.api.problems import Problem
 from learnloop.embeddings import EmbeddingUnavailable, embed_off_loop
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
-from processors.context import EXAMPLE_KINDS, attach_examples, order_groups
+from processors.context import EXAMPLE_KINDS, order_groups
 from processors.embedding import cosine
 from processors.groups import resolve_groups
 from processors.memory import MemoryItem, Snapshot
@@ -320,8 +320,8 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         # from it) cannot hand one tenant's rules to another.
         prefix = prefixes.prefix(snapshots, body.max_tokens)
         examples = await _examples(services, snapshots, body.query, body.pin)
-        result = attach_examples(prefix, examples, body.max_tokens, body.max_examples)
-        metrics.CONTEXT_ITEMS.observe(len(result["items"]) + len(result["examples"]))
+        result = prefix.context(examples, body.max_tokens, body.max_examples)
+        metrics.CONTEXT_ITEMS.observe(prefix.items + len(result["examples"]))
         metrics.CONTEXT_TOKENS.observe(result["tokens"])
         answer = {**result, "groups": list(snapshots), "hidden": hidden}
         return Response(orjson.dumps(answer), media_type="application/json")
