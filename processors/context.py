@@ -91,6 +91,7 @@ def assemble_prefix(
     chosen: list[ContextItem] = []
     narrower: list[MemoryItem] = []  # rules chosen from the groups before this one
     offered: dict[str, list[int]] = {}  # key -> positions in `narrower` that offer it
+    last = next(reversed(versions), None)
     dropped: list[dict[str, str]] = []
     budget = max_tokens - estimate_tokens(HEADER)
     for group in versions:
@@ -137,7 +138,7 @@ def assemble_prefix(
                 }
             )
         for item in taken:
-            if keys is not None:
+            if keys is not None and group != last:  # only wider groups ask for offers
                 for key in keys(item)[0]:
                     offered.setdefault(key, []).append(len(narrower))
             narrower.append(item)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -352,7 +353,12 @@ def _conflict_keys(item: MemoryItem) -> tuple[frozenset[str], frozenset[str]]:
     ``-t`` for what it asks for, ``+t`` for what it avoids and the same ``=name``.
     tests/unit/test_precedence_keys.py checks that no contradiction is missed.
     """
-    shape = rule_shape(item["text"])
+    return _text_keys(item["text"])
+
+
+@lru_cache(maxsize=16_384)
+def _text_keys(text: str) -> tuple[frozenset[str], frozenset[str]]:
+    shape = rule_shape(text)
     choices = {f"={name}" for name, _ in shape.choices}
     offers = {f"+{t}" for t in shape.positive} | {f"-{t}" for t in shape.negative}
     seeks = {f"-{t}" for t in shape.positive} | {f"+{t}" for t in shape.negative}
