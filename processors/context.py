@@ -63,7 +63,7 @@ def order_groups(groups: Sequence[str]) -> list[str]:
     return sorted(set(groups), key=lambda g: (scope_rank(g), g))
 
 
-ConflictKeys = Callable[[MemoryItem], tuple[frozenset[str], frozenset[str]]]
+ConflictKeys = Callable[[MemoryItem], tuple[Sequence[str], Sequence[str]]]
 """``item -> (offers, seeks)``: ``conflicts(narrow, wide)`` can only hold if
 ``offers(narrow)`` and ``seeks(wide)`` share a key (a necessary condition)."""
 

@@ -343,7 +343,7 @@ def _conflicts(narrow: MemoryItem, wide: MemoryItem) -> bool:
     return contradiction(narrow["text"], wide["text"]) is not None
 
 
-def _conflict_keys(item: MemoryItem) -> tuple[frozenset[str], frozenset[str]]:
+def _conflict_keys(item: MemoryItem) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What a rule offers to, and seeks in, a contradiction (see ``_conflicts``).
 
     ``contradiction(narrow, wide)`` needs a thing ``narrow`` asks for that ``wide``
@@ -357,12 +357,14 @@ def _conflict_keys(item: MemoryItem) -> tuple[frozenset[str], frozenset[str]]:
 
 
 @lru_cache(maxsize=16_384)
-def _text_keys(text: str) -> tuple[frozenset[str], frozenset[str]]:
+def _text_keys(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Tuples of strings, not sets: the collector stops tracking them, so a full
+    cache costs a full collection nothing."""
     shape = rule_shape(text)
     choices = {f"={name}" for name, _ in shape.choices}
     offers = {f"+{t}" for t in shape.positive} | {f"-{t}" for t in shape.negative}
     seeks = {f"-{t}" for t in shape.positive} | {f"+{t}" for t in shape.negative}
-    return frozenset(offers | choices), frozenset(seeks | choices)
+    return tuple(sorted(offers | choices)), tuple(sorted(seeks | choices))
 
 
 async def _examples(

@@ -40,7 +40,7 @@ def corpus(n: int = 260, seed: int = 11) -> list[str]:
 def keys_meet(narrow: str, wide: str) -> bool:
     offers = _conflict_keys(item("user:a", narrow))[0]
     seeks = _conflict_keys(item("team:a", wide))[1]
-    return bool(offers & seeks)
+    return bool(set(offers) & set(seeks))
 
 
 def test_every_contradiction_shares_a_key() -> None:
