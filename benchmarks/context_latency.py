@@ -1,12 +1,19 @@
 """`/v1/context` latency (p50/p99) and requests/s for one API process.
 
-Run: python benchmarks/context_latency.py --groups 1000 --items 200 [--json out.json]
-
 Memory is written straight to the versions topic (the source of truth the API
 reads), one snapshot per group with N items (rules and examples); then one
-`learnloop api` process reads it, indexes it into the embedded store, and is
-loaded by a client on loopback for a fixed number of requests at a fixed
-concurrency. Latency is measured by the client, so it includes HTTP.
+`learnloop api` process reads it, indexes it into the embedded store (or a Qdrant
+server with --qdrant-url), and is loaded on loopback at a fixed concurrency by
+clients in their own processes: wrk (C, if installed: `apt-get install wrk`) for a
+fixed time, and an httpx client for a fixed number of requests. Latency is measured
+by the clients, so it includes HTTP. Each caller is sent once first (the cold pass,
+reported apart), so the timed runs measure the steady state. Printed besides: CPU
+per request of the API and of the client (they share the machine's cores), the
+API's own time in the app and in the store search, prefix-cache hits, full garbage
+collections, the load average, and the floor (`GET /healthz`). --profile writes
+py-spy stacks of the API during the first timed run.
+
+Run: python benchmarks/context_latency.py --groups 1000 --items 200 --requests 3000 --seconds 10
 """
 
 from __future__ import annotations
@@ -331,6 +338,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="py-spy raw stacks of the API during the (first) measured load"
     )
+    parser.add_argument(
+        "--qdrant-url",
+        help="run the API on this Qdrant server (LEARNLOOP_QDRANT_URL) instead of the embedded "
+        "store; its 'memory' collection must be empty or disposable",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     unique = uuid.uuid4().hex[:6]
@@ -344,6 +356,9 @@ def main() -> None:
         "items_per_group": args.items,
         "points": args.groups * args.items,
         "concurrency": args.concurrency,
+        "store": f"Qdrant server {args.qdrant_url}"
+        if args.qdrant_url
+        else "embedded store (qdrant-edge)",
     }
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(kafka_bootstrap=broker.bootstrap, app_id=f"bench-{unique}")
@@ -361,6 +376,8 @@ def main() -> None:
             "LEARNLOOP_LOG_FORMAT": "json",
             "LEARNLOOP_LOG_LEVEL": "warning",
         }
+        if args.qdrant_url:
+            env["LEARNLOOP_QDRANT_URL"] = args.qdrant_url
         if args.cache_entries is not None:
             env["LEARNLOOP_CONTEXT_CACHE_ENTRIES"] = str(args.cache_entries)
         log = Path(tmp, "api.log").open("wb")  # noqa: SIM115 - closed after the process
@@ -454,13 +471,17 @@ def report_floor(rows: dict[str, Any]) -> None:
 
 def report(rows: dict[str, Any]) -> None:
     print(
-        f"/v1/context, 1 API process, embedded store (qdrant-edge), "
+        f"/v1/context, 1 API process, {rows['store']}, "
         f"{rows['groups']:,} groups x {rows['items_per_group']} items "
         f"({rows['layout']['users']:,} user, {rows['layout']['teams']:,} team, "
         f"{rows['layout']['orgs']:,} org), "
         f"concurrency {rows['concurrency']}"
     )
-    print("(Qdrant server adapter: not measured, no Qdrant server can be installed here)")
+    if rows["store"].startswith("embedded"):
+        print(
+            "(Qdrant server adapter: not measured in this run; pass --qdrant-url where a "
+            "server is reachable: none can be installed on the development machines)"
+        )
     print(f"machine: {os.cpu_count()} cores, shared: the API, the client and anything else")
     for key in (
         "points",
