@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from learnloop import metrics
 from learnloop.embeddings.factory import embed_off_loop
 from learnloop.store.port import Point, VectorStore
+from processors.context import EXAMPLE_KINDS
 from processors.embedding import Embedder
 from processors.groups import scope_of
 from processors.memory import MemoryItem, Snapshot
@@ -71,6 +72,7 @@ class MemoryLog:
         self._current: dict[str, int] = {}
         self._by_id: dict[tuple[str, int], dict[str, MemoryItem]] = {}
         self._unsettled = 0  # items read since the heap was last settled
+        self._cheapest: dict[tuple[str, int], int | None] = {}
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,6 +159,7 @@ class MemoryLog:
             self._unsettled += 1 + len(snapshot["items"])
             self._versions.setdefault(group, {})[snapshot["version"]] = snapshot
             self._by_id.pop((group, snapshot["version"]), None)
+            self._cheapest.pop((group, snapshot["version"]), None)
             if previous is None or snapshot["version"] > previous:
                 self._current[group] = snapshot["version"]
                 old = self._versions[group].get(previous) if previous is not None else None
@@ -303,6 +306,19 @@ class MemoryLog:
                 return None
             index = self._by_id[(group, version)] = {i["item_id"]: i for i in snapshot["items"]}
         return index.get(item_id)
+
+    def cheapest_example(self, group: str, version: int) -> int | None:
+        """Tokens of the smallest active example of a version (None: it has none), cached."""
+        key = (group, version)
+        if key not in self._cheapest:
+            snapshot = self.snapshot(group, version)
+            costs = [
+                i["tokens"]
+                for i in (snapshot["items"] if snapshot else ())
+                if i["kind"] in EXAMPLE_KINDS and i["status"] == "active"
+            ]
+            self._cheapest[key] = min(costs, default=None)
+        return self._cheapest[key]
 
     def versions(self, group: str) -> list[Snapshot]:
         return [self._versions[group][v] for v in sorted(self._versions.get(group, {}))]

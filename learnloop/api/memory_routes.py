@@ -320,7 +320,9 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         # Only what this caller may read is in `snapshots`, so the cache key (taken
         # from it) cannot hand one tenant's rules to another.
         prefix = prefixes.prefix(snapshots, body.max_tokens)
-        examples = await _examples(services, snapshots, body.query, body.pin)
+        examples = await _examples(
+            services, snapshots, body.query, body.pin, prefix.budget_left
+        )
         result = prefix.context(examples, body.max_tokens, body.max_examples)
         metrics.CONTEXT_ITEMS.observe(prefix.items + len(result["examples"]))
         metrics.CONTEXT_TOKENS.observe(result["tokens"])
@@ -368,10 +370,21 @@ def _text_keys(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 async def _examples(
-    services: Services, snapshots: dict[str, Snapshot], query: str, pins: dict[str, int]
+    services: Services,
+    snapshots: dict[str, Snapshot],
+    query: str,
+    pins: dict[str, int],
+    budget: int,
 ) -> list[tuple[float, MemoryItem]]:
-    """Examples similar to the query: from the index for current versions, by scan if pinned."""
+    """Examples similar to the query: from the index for current versions, by scan if pinned.
+
+    None are looked for when not one of the groups' examples fits in ``budget`` (what
+    the rules left): the answer would be the same, without the embedding and search.
+    """
     if not query or not snapshots:
+        return []
+    cheapest = (services.memory.cheapest_example(g, s["version"]) for g, s in snapshots.items())
+    if min((c for c in cheapest if c is not None), default=budget + 1) > budget:
         return []
     embedder = services.memory.embedder
     try:
