@@ -126,6 +126,7 @@ class Layout(NamedTuple):
     users: int
     teams: int = 0
     orgs: int = 0
+    max_tokens: int = 800
 
     def groups(self) -> list[str]:
         return (
@@ -141,7 +142,7 @@ def request_body(layout: Layout, n: int) -> dict[str, Any]:
     body: dict[str, Any] = {
         "user_id": f"u{k}",
         "query": f"how about {TOPICS[n % 10]}, case {n}?",
-        "max_tokens": 800,
+        "max_tokens": layout.max_tokens,
     }
     if layout.teams:
         body["team_id"] = f"t{k % layout.teams}"
@@ -160,7 +161,7 @@ request = function()
   if %(teams)d > 0 then scopes = scopes .. string.format(',"team_id":"t%%d"', k %% %(teams)d) end
   if %(orgs)d > 0 then scopes = scopes .. string.format(',"org_id":"o%%d"', k %% %(orgs)d) end
   local body = string.format(
-    '{"user_id":"u%%d"%%s,"query":"how about %%s, case %%d?","max_tokens":800}',
+    '{"user_id":"u%%d"%%s,"query":"how about %%s, case %%d?","max_tokens":%(max_tokens)d}',
     k, scopes, topics[n %% 10 + 1], n)
   return wrk.format("POST", "/v1/context", {["content-type"] = "application/json"}, body)
 end
@@ -326,6 +327,7 @@ def main() -> None:
     parser.add_argument(
         "--teams", type=int, default=0, help="of the groups, team groups (callers are in one)"
     )
+    parser.add_argument("--max-tokens", type=int, default=800, help="budget of each request")
     parser.add_argument(
         "--orgs", type=int, default=0, help="of the groups, org groups (callers are in one)"
     )
@@ -346,7 +348,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     unique = uuid.uuid4().hex[:6]
-    layout = Layout(args.groups - args.teams - args.orgs, args.teams, args.orgs)
+    layout = Layout(args.groups - args.teams - args.orgs, args.teams, args.orgs, args.max_tokens)
     if layout.users < 1:
         parser.error("--groups must exceed --teams + --orgs")
     groups = layout.groups()
@@ -356,6 +358,7 @@ def main() -> None:
         "items_per_group": args.items,
         "points": args.groups * args.items,
         "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
         "store": f"Qdrant server {args.qdrant_url}"
         if args.qdrant_url
         else "embedded store (qdrant-edge)",
@@ -474,7 +477,7 @@ def report(rows: dict[str, Any]) -> None:
         f"/v1/context, 1 API process, {rows['store']}, "
         f"{rows['groups']:,} groups x {rows['items_per_group']} items "
         f"({rows['layout']['users']:,} user, {rows['layout']['teams']:,} team, "
-        f"{rows['layout']['orgs']:,} org), "
+        f"{rows['layout']['orgs']:,} org), budget {rows['max_tokens']} tokens, "
         f"concurrency {rows['concurrency']}"
     )
     if rows["store"].startswith("embedded"):
