@@ -251,6 +251,8 @@ class Settings(BaseSettings):
             raise ValueError("synthesizer 'llm' needs the llm settings (base_url, model)")
         if self.judge.sample_rate > 0 and self.llm is None:
             raise ValueError("judge.sample_rate > 0 needs the llm settings (base_url, model)")
+        if self.judge.sample_rate > 0 and self.judge.after_s >= self.interaction_retention_s:
+            raise ValueError("judge.after_s must be shorter than interaction_retention_s")
         return self
 
     @property

@@ -49,6 +49,7 @@ class JoinSlot(TypedDict):
     pending: list[PendingFeedback]
     touched_ms: int
     judge: NotRequired[JudgeCandidate | None]  # sampled and not yet rated by anyone
+    rated: NotRequired[bool]  # a person gave explicit feedback on this interaction
 
 
 #: feedback a person gives on purpose; engagement is implicit and does not count
@@ -167,7 +168,9 @@ def process_event(
         _remember(state, event["event_id"], config)
         out.extend(_signals(event, None, None, config))
         iid = event["interaction_id"] or event["event_id"]
-        rated = any(_explicit(p["event"]) for p in state["pending"])
+        rated = state.get("rated", False) or any(_explicit(p["event"]) for p in state["pending"])
+        if rated:
+            state["rated"] = True
         if (
             config.judge.enabled
             and not rated
@@ -199,6 +202,7 @@ def process_event(
         out.extend(_signals(event, state["interaction"], None, config))
         if _explicit(event):
             state["judge"] = None  # a person rated it: the judge is not asked
+            state["rated"] = True
     for index, signal in enumerate(out):
         signal["origin"] = [partition, offset, index]
     return state, out, dead

@@ -70,6 +70,8 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     ready: asyncio.Event
     #: join-slot keys known to hold feedback waiting for its interaction
     pending_slots: set[str]
+    #: join-slot key -> when its interaction is due for the judge (if nobody rates it)
+    judge_slots: dict[str, int]
     #: micro-batches taken and not yet acked (see streams/draining.py)
     in_flight: InFlight
     stopping: bool = False
@@ -77,6 +79,22 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     async def on_stop(self) -> None:
         self.stopping = True
         await super().on_stop()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        """Close the HTTP clients of the LLM and a remote embedder (pooled connections)."""
+        closers: list[Any] = []
+        for holder in (getattr(self, "synthesizer", None), getattr(self, "judge_client", None)):
+            if hasattr(holder, "aclose"):
+                closers.append(holder.aclose())
+        embedder = getattr(self, "embedder", None)
+        if hasattr(embedder, "close"):
+            closers.append(asyncio.to_thread(embedder.close))
+        for closing in closers:
+            try:
+                await asyncio.wait_for(closing, timeout=5.0)
+            except Exception:  # a failed close must not block the exit
+                log.warning("could not close a client at shutdown", exc_info=True)
 
     async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
         """Faust's hook after the partitions are paused: at shutdown, drain and commit.
@@ -100,8 +118,6 @@ class WorkerApp(faust.App):  # type: ignore[misc]
             new_offsets_committed=committed,
             processed=metrics.events_in_by_stage(),
         )
-    #: join-slot key -> when its interaction is due for the judge (if nobody rates it)
-    judge_slots: dict[str, int]
 
 
 def _table(app: WorkerApp, name: str, partitions: int) -> ExplicitPartitionTable:
@@ -232,8 +248,8 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.consolidation_config = config
     app.ready = asyncio.Event()
     app.pending_slots = set()
-    app.in_flight = InFlight()
     app.judge_slots = {}
+    app.in_flight = InFlight()
 
     from streams import aggregate_agent, decay_timer, join_agent, lag, memory_agent, web
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 import structlog
-from aiokafka.partitioner import murmur2
 
 from processors.decay import plan_decay
 from processors.memory import Snapshot
 from streams.outputs import Outgoing, deliver, now_ms
+from streams.partitioning import default_partition, partition_count
 from streams.web import is_ready
 
 if TYPE_CHECKING:
@@ -27,11 +27,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 STAGE = "decay"
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a key (as the API and agents send)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 async def issue_decay(app: WorkerApp) -> int:
@@ -43,10 +38,11 @@ async def issue_decay(app: WorkerApp) -> int:
         for tp in app.assignor.assigned_actives()
         if tp.topic == settings.topics.commands
     }
+    partitions = partition_count(app, settings.topics.commands, settings.partitions)
     snapshots: list[Snapshot] = [
         state["snapshot"]
         for group, state in list(app.memory.data.items())
-        if state and partition_of(group, settings.partitions) in owned
+        if state and default_partition(group.encode(), partitions) in owned
     ]
     commands = plan_decay(
         snapshots, now, app.consolidation_config, int(settings.decay_interval_s * 1000)

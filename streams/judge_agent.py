@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 STAGE = "judge"
 DEFERRED_PAUSE_S = 0.5
+MAX_WAIT_S = 5.0  # longest pause before re-queuing requests that are not due yet
 MAX_BATCH = 50
 
 
@@ -123,6 +124,7 @@ async def judge_batch(app: WorkerApp, events: list[Any]) -> None:
     out: list[Outgoing] = []
     later: list[Outgoing] = []
     ready: dict[str, tuple[JudgeRequest, int]] = {}
+    earliest = now + int(MAX_WAIT_S * 1000)
     for event in events:
         message = event.message
         try:
@@ -145,6 +147,7 @@ async def judge_batch(app: WorkerApp, events: list[Any]) -> None:
             continue
         if not_before > now:
             later.append(_again(app, request, message.partition))
+            earliest = min(earliest, not_before)
         elif request_id in ready:
             metrics.DUPLICATES.labels(STAGE).inc()
         else:
@@ -156,8 +159,9 @@ async def judge_batch(app: WorkerApp, events: list[Any]) -> None:
     for served, deferred_out in await asyncio.gather(*(_serve(app, c, now) for c in chunks)):
         out += served
         later += deferred_out
-    if later and not out and len(later) == len(events):
-        await asyncio.sleep(DEFERRED_PAUSE_S)  # only requests not due yet: do not spin
+    if later and not ready and not app.stopping:
+        # only requests that are not due yet: wait (bounded) instead of re-sending in a loop
+        await asyncio.sleep(max(DEFERRED_PAUSE_S, min(MAX_WAIT_S, (earliest - now) / 1000)))
     await deliver(STAGE, out + later, app.settings.external_timeout_s)
     metrics.EVENTS_OUT.labels(STAGE, "rating").inc(len(out))
     metrics.BATCH_SIZE.labels(STAGE).observe(len(events))

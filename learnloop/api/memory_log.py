@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -31,6 +33,22 @@ log = structlog.get_logger(__name__)
 #: bound on one embedding call made for the index (a remote or dense embedder)
 EMBED_TIMEOUT_S = 60.0
 COLLECTION = "memory"
+
+
+def collection_for(embedder_name: str) -> str:
+    """One collection per embedder: vectors of two embedders never share an index.
+
+    The default (hashing) keeps the historical name ``memory``; another embedder gets
+    ``memory-<slug>``, filled from the versions log when the API starts, so switching
+    embedders needs no manual step (and switching back finds the old index).
+    """
+    if embedder_name == "hashing-v1-384":
+        return COLLECTION
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", embedder_name).strip("-_")
+    digest = hashlib.blake2b(embedder_name.encode(), digest_size=4).hexdigest()
+    return f"{COLLECTION}-{slug[:40]}-{digest}"
+
+
 INDEXED_STATUSES = ("active", "proposed")
 KEYWORD_FIELDS = ("group", "kind", "status", "facet")
 
@@ -68,6 +86,7 @@ class MemoryLog:
         self._partitions = partitions
         self.store = store
         self.embedder = embedder
+        self.collection = collection_for(embedder.name)
         self._versions: dict[str, dict[int, Snapshot]] = {}
         self._current: dict[str, int] = {}
         self._by_id: dict[tuple[str, int], dict[str, MemoryItem]] = {}
@@ -81,7 +100,7 @@ class MemoryLog:
 
     async def start(self) -> None:
         dim = await embed_off_loop(self.embedder, lambda: self.embedder.dim, EMBED_TIMEOUT_S)
-        await self.store.ensure_collection(COLLECTION, dim, KEYWORD_FIELDS)
+        await self.store.ensure_collection(self.collection, dim, KEYWORD_FIELDS)
         versions = await self._consumer([self._versions_topic], self._partitions, beginning=True)
         results = await self._consumer([self._results_topic], 1, beginning=False)
         self._tasks = [
@@ -208,9 +227,9 @@ class MemoryLog:
             for status in ("active", "proposed"):
                 metrics.MEMORY_ITEMS.labels(scope_of(group), status).set(0)
         if stale:
-            await self.store.delete(COLLECTION, ids=stale)
+            await self.store.delete(self.collection, ids=stale)
         if points:
-            await self.store.upsert(COLLECTION, points)
+            await self.store.upsert(self.collection, points)
         self._update_item_gauges()
 
     def _update_item_gauges(self) -> None:
@@ -273,10 +292,10 @@ class MemoryLog:
             for item in (self.snapshot(group) or {"items": []})["items"]
             if item["status"] in INDEXED_STATUSES
         }
-        existing = await self.store.scroll(COLLECTION, limit=page)
+        existing = await self.store.scroll(self.collection, limit=page)
         stale = [point.id for point in existing if point.id not in wanted]
         if stale:
-            await self.store.delete(COLLECTION, ids=stale)
+            await self.store.delete(self.collection, ids=stale)
         return {"indexed": len(wanted), "removed": len(stale)}
 
     # --- reads

@@ -400,7 +400,7 @@ async def _examples(
         # nothing outside what the caller may read can come back.
         started = time.perf_counter()
         hits = await services.memory.store.search(
-            "memory",
+            services.memory.collection,
             vector,
             limit=12,
             where={"facet": [facet(g, k, "active") for g in current_groups for k in EXAMPLE_KINDS]},

@@ -14,17 +14,20 @@ import re
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from starlette.responses import Response
 
+from learnloop.api.group_view import changelog_topic
 from schemas import EventCodec
-from tests.conftest import read_group_states, wait_until
+from tests.conftest import _read_table, read_group_states, wait_until
 from tests.integration.streams_helpers import emit
 from tests.integration.test_llm_synthesizer import (  # the loopback chat-completions server
     MODEL,
     FakeLLM,
     completion,
+    hang,
     llm_server,
     reply_status,
 )
@@ -62,29 +65,107 @@ async def _all_good(body: dict[str, Any]) -> Response:
     return completion(json.dumps({"verdicts": verdicts}))
 
 
-def test_unrated_interaction_is_judged_after_an_outage_rated_one_is_not(
-    stack_env: dict[str, str], workers: Any, llm_server: FakeLLM
-) -> None:
+def _judge_env(llm_server: FakeLLM) -> dict[str, str]:
     unique = uuid.uuid4().hex[:8]
-    env = {
+    return {
         "LEARNLOOP_LLM": json.dumps(
             {
                 "base_url": llm_server.base_url,
                 "model": MODEL,
                 "max_retries": 0,
                 "breaker_threshold": 10,
-                "timeout_s": 2,
+                "timeout_s": 1,
                 "max_total_s": 5,
             }
         ),
         "LEARNLOOP_JUDGE__SAMPLE_RATE": "1",
         "LEARNLOOP_JUDGE__AFTER_S": "1",
-        "LEARNLOOP_JUDGE__TIMEOUT_S": "10",
+        "LEARNLOOP_JUDGE__TIMEOUT_S": "3",
+        "LEARNLOOP_JUDGE__MAX_RETRY_DELAY_S": "2",
         "LEARNLOOP_TOPICS__JUDGE_REQUESTS": f"judge-{unique}",
         "LEARNLOOP_TOPICS__COMMANDS": f"commands-{unique}",
         "LEARNLOOP_TOPICS__VERSIONS": f"versions-{unique}",
         "LEARNLOOP_TOPICS__RESULTS": f"results-{unique}",
     }
+
+
+def _deferred(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    wanted = 'learnloop_synthesis_requests_total{outcome="deferred",synthesizer="llm_judge"}'
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(wanted)
+    )
+
+
+def test_a_hanging_judge_holds_up_nothing_and_loses_nothing(
+    stack_env: dict[str, str], workers: Any, llm_server: FakeLLM
+) -> None:
+    stack_env.update(_judge_env(llm_server))
+    llm_server.default = hang(30)  # every judge call times out
+    worker = workers()
+    worker.wait_ready()
+    base = {"timestamp": "2026-11-25T08:00:00Z", "team_id": "search"}
+    bootstrap, topic = stack_env["LEARNLOOP_KAFKA_BOOTSTRAP"], stack_env["LEARNLOOP_TOPICS__EVENTS"]
+    emit(
+        bootstrap,
+        topic,
+        [
+            {
+                **base,
+                "user_id": "alice",
+                "event_id": "i1",
+                "type": "interaction",
+                "query": "q",
+                "response": "an answer nobody rated",
+            },
+        ],
+    )
+    wait_until(lambda: _deferred(worker.port) >= 2, 60, 0.5)  # the judge keeps failing
+    emit(
+        bootstrap,
+        topic,
+        [
+            {
+                **base,
+                "user_id": "bob",
+                "event_id": "i2",
+                "type": "interaction",
+                "query": "how do I call billing?",
+                "response": "use v1",
+            },
+            {
+                **base,
+                "user_id": "bob",
+                "event_id": "x2",
+                "type": "explanation",
+                "interaction_id": "i2",
+                "text": "that's wrong, you should have used the v2 API",
+            },
+        ],
+    )
+    memory = changelog_topic(stack_env["LEARNLOOP_APP_ID"], "memory")
+
+    def learned() -> bool:
+        table = asyncio.run(_read_table(bootstrap, memory, 4))
+        items = table.get("user:bob", {}).get("snapshot", {}).get("items", [])
+        return any("v2" in i["text"] for i in items)
+
+    wait_until(learned, 30, 0.5)  # learning goes on while every judge call hangs
+    llm_server.default = _all_good  # the endpoint recovers: the request was kept
+
+    def judged() -> bool:
+        state = read_group_states(stack_env).get("user:alice") or {}
+        return state.get("derived_up") == 1
+
+    wait_until(judged, 60, 0.5)
+    events = asyncio.run(_events(bootstrap, topic, 4))
+    assert [e["event_id"] for e in events if e["event_id"].startswith("judge:")] == ["judge:i1"]
+
+
+def test_unrated_interaction_is_judged_after_an_outage_rated_one_is_not(
+    stack_env: dict[str, str], workers: Any, llm_server: FakeLLM
+) -> None:
+    env = _judge_env(llm_server)
     stack_env.update(env)
     llm_server.script = [reply_status(503)]
     llm_server.default = _all_good

@@ -47,6 +47,14 @@ def test_explicit_feedback_cancels_the_judgement() -> None:
         assert expire_judging(slot, 10_000)[1] == [], kind
 
 
+def test_a_resent_interaction_after_a_rating_does_not_ask_again() -> None:
+    slot, _, _ = process_event(None, rec(interaction("i1")), (0, 1), 0, JUDGE)
+    slot, _, _ = process_event(slot, rec(feedback("r1", "rating", "i1")), (0, 2), 10, JUDGE)
+    again = interaction("i1-again", interaction_id="i1")
+    slot, _, _ = process_event(slot, rec(again), (0, 3), 20, JUDGE)
+    assert expire_judging(slot, 100_000)[1] == []
+
+
 def test_early_explicit_feedback_waiting_for_the_interaction_counts() -> None:
     slot, _, _ = process_event(None, rec(feedback("r1", "rating", "i1")), (0, 1), 0, JUDGE)
     slot, _, _ = process_event(slot, rec(interaction("i1")), (0, 2), 10, JUDGE)
