@@ -1,12 +1,19 @@
 """`/v1/context` latency (p50/p99) and requests/s for one API process.
 
-Run: python benchmarks/context_latency.py --groups 1000 --items 200 [--json out.json]
-
 Memory is written straight to the versions topic (the source of truth the API
 reads), one snapshot per group with N items (rules and examples); then one
-`learnloop api` process reads it, indexes it into the embedded store, and is
-loaded by a client on loopback for a fixed number of requests at a fixed
-concurrency. Latency is measured by the client, so it includes HTTP.
+`learnloop api` process reads it, indexes it into the embedded store (or a Qdrant
+server with --qdrant-url), and is loaded on loopback at a fixed concurrency by
+clients in their own processes: wrk (C, if installed: `apt-get install wrk`) for a
+fixed time, and an httpx client for a fixed number of requests. Latency is measured
+by the clients, so it includes HTTP. Each caller is sent once first (the cold pass,
+reported apart), so the timed runs measure the steady state. Printed besides: CPU
+per request of the API and of the client (they share the machine's cores), the
+API's own time in the app and in the store search, prefix-cache hits, full garbage
+collections, the load average, and the floor (`GET /healthz`). --profile writes
+py-spy stacks of the API during the first timed run.
+
+Run: python benchmarks/context_latency.py --groups 1000 --items 200 --requests 3000 --seconds 10
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -112,13 +119,36 @@ async def seed(bootstrap: str, topic: str, groups: list[str], n_items: int) -> N
         await producer.stop()
 
 
-def request_body(groups: int, n: int) -> dict[str, Any]:
-    """Request ``n``: round-robin over the groups, and a query no earlier request asked."""
-    return {
-        "user_id": f"u{n % groups}",
+class Layout(NamedTuple):
+    """How the groups split into scopes; user ``u<k>`` is in team ``t<k % teams>`` and org
+    ``o<k % orgs>``, so each caller's context merges up to three groups."""
+
+    users: int
+    teams: int = 0
+    orgs: int = 0
+    max_tokens: int = 800
+
+    def groups(self) -> list[str]:
+        return (
+            [f"user:u{n}" for n in range(self.users)]
+            + [f"team:t{n}" for n in range(self.teams)]
+            + [f"org:o{n}" for n in range(self.orgs)]
+        )
+
+
+def request_body(layout: Layout, n: int) -> dict[str, Any]:
+    """Request ``n``: round-robin over the users, and a query no earlier request asked."""
+    k = n % layout.users
+    body: dict[str, Any] = {
+        "user_id": f"u{k}",
         "query": f"how about {TOPICS[n % 10]}, case {n}?",
-        "max_tokens": 800,
+        "max_tokens": layout.max_tokens,
     }
+    if layout.teams:
+        body["team_id"] = f"t{k % layout.teams}"
+    if layout.orgs:
+        body["org_id"] = f"o{k % layout.orgs}"
+    return body
 
 
 WRK_SCRIPT = """
@@ -126,9 +156,13 @@ local n = 0
 local topics = {%(topics)s}
 request = function()
   n = n + 1
+  local k = n %% %(users)d
+  local scopes = ""
+  if %(teams)d > 0 then scopes = scopes .. string.format(',"team_id":"t%%d"', k %% %(teams)d) end
+  if %(orgs)d > 0 then scopes = scopes .. string.format(',"org_id":"o%%d"', k %% %(orgs)d) end
   local body = string.format(
-    '{"user_id":"u%%d","query":"how about %%s, case %%d?","max_tokens":800}',
-    n %% %(groups)d, topics[n %% 10 + 1], n)
+    '{"user_id":"u%%d"%%s,"query":"how about %%s, case %%d?","max_tokens":%(max_tokens)d}',
+    k, scopes, topics[n %% 10 + 1], n)
   return wrk.format("POST", "/v1/context", {["content-type"] = "application/json"}, body)
 end
 """
@@ -144,7 +178,7 @@ end
 """
 
 
-async def load_httpx(url: str, groups: int, requests: int, concurrency: int) -> list[float]:
+async def load_httpx(url: str, layout: Layout, requests: int, concurrency: int) -> list[float]:
     """A Python client in this process (not the API's): ``concurrency`` keep-alive loops."""
     latencies: list[float] = []
     counter = iter(range(requests))
@@ -154,7 +188,7 @@ async def load_httpx(url: str, groups: int, requests: int, concurrency: int) -> 
         async def one_worker() -> None:
             for n in counter:
                 started = time.perf_counter()
-                answer = await client.post("/v1/context", json=request_body(groups, n))
+                answer = await client.post("/v1/context", json=request_body(layout, n))
                 latencies.append(time.perf_counter() - started)
                 if answer.status_code != 200:
                     raise SystemExit(f"request {n} answered {answer.status_code}: {answer.text}")
@@ -163,10 +197,10 @@ async def load_httpx(url: str, groups: int, requests: int, concurrency: int) -> 
     return latencies
 
 
-def run_httpx(url: str, groups: int, requests: int, concurrency: int) -> dict[str, float]:
+def run_httpx(url: str, layout: Layout, requests: int, concurrency: int) -> dict[str, float]:
     cpu = time.process_time()
     started = time.perf_counter()
-    latencies = sorted(asyncio.run(load_httpx(url, groups, requests, concurrency)))
+    latencies = sorted(asyncio.run(load_httpx(url, layout, requests, concurrency)))
     wall = time.perf_counter() - started
     return {
         "requests": float(len(latencies)),
@@ -179,14 +213,14 @@ def run_httpx(url: str, groups: int, requests: int, concurrency: int) -> dict[st
 
 
 def run_wrk(
-    url: str, groups: int, seconds: int, concurrency: int, tmp: str, path: str = "/v1/context"
+    url: str, layout: Layout, seconds: int, concurrency: int, tmp: str, path: str = "/v1/context"
 ) -> dict[str, float]:
     """wrk (C, one thread, keep-alive) in its own process; every answer must be 2xx.
 
     ``path`` other than ``/v1/context`` is fetched with a plain GET (the floor).
     """
     script = Path(tmp, "context.lua")
-    request = WRK_SCRIPT % {"topics": ", ".join(f'"{t}"' for t in TOPICS), "groups": groups}
+    request = WRK_SCRIPT % {"topics": ", ".join(f'"{t}"' for t in TOPICS), **layout._asdict()}
     script.write_text((request if path == "/v1/context" else "") + WRK_DONE)
     command = [
         "wrk",
@@ -234,11 +268,14 @@ SEARCH_SUM = "learnloop_context_search_seconds_sum"
 SEARCH_COUNT = "learnloop_context_search_seconds_count"
 APP_SUM = 'learnloop_api_request_seconds_sum{route="/v1/context"}'
 APP_COUNT = 'learnloop_api_request_seconds_count{route="/v1/context"}'
+GC_FULL = 'python_gc_collections_total{generation="2"}'
+GC_FULL_SUM = 'learnloop_gc_pause_seconds_sum{generation="2"}'
 
 
 def api_metrics(url: str) -> dict[str, float]:
     """The API's own counters that explain its latency."""
-    out = dict.fromkeys((HIT, MISS, SEARCH_SUM, SEARCH_COUNT, APP_SUM, APP_COUNT), 0.0)
+    names = (HIT, MISS, SEARCH_SUM, SEARCH_COUNT, APP_SUM, APP_COUNT, GC_FULL, GC_FULL_SUM)
+    out = dict.fromkeys(names, 0.0)
     for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
         name, _, value = line.rpartition(" ")
         if name in out:
@@ -254,6 +291,8 @@ def explain(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
         "prefix_cache_hit_rate": d[HIT] / (d[HIT] + d[MISS]) if d[HIT] + d[MISS] else nan,
         "in_app_ms": d[APP_SUM] / d[APP_COUNT] * 1000 if d[APP_COUNT] else nan,
         "store_search_ms": d[SEARCH_SUM] / d[SEARCH_COUNT] * 1000 if d[SEARCH_COUNT] else nan,
+        "full_gc_collections": d[GC_FULL],
+        "full_gc_seconds": d[GC_FULL_SUM],
     }
 
 
@@ -286,6 +325,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk: duration")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
+        "--teams", type=int, default=0, help="of the groups, team groups (callers are in one)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=800, help="budget of each request")
+    parser.add_argument(
+        "--orgs", type=int, default=0, help="of the groups, org groups (callers are in one)"
+    )
+    parser.add_argument(
         "--cache-entries",
         type=int,
         default=None,
@@ -294,15 +340,28 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="py-spy raw stacks of the API during the (first) measured load"
     )
+    parser.add_argument(
+        "--qdrant-url",
+        help="run the API on this Qdrant server (LEARNLOOP_QDRANT_URL) instead of the embedded "
+        "store; its 'memory' collection must be empty or disposable",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     unique = uuid.uuid4().hex[:6]
-    groups = [f"user:u{n}" for n in range(args.groups)]
+    layout = Layout(args.groups - args.teams - args.orgs, args.teams, args.orgs, args.max_tokens)
+    if layout.users < 1:
+        parser.error("--groups must exceed --teams + --orgs")
+    groups = layout.groups()
     rows: dict[str, Any] = {
         "groups": args.groups,
+        "layout": layout._asdict(),
         "items_per_group": args.items,
         "points": args.groups * args.items,
         "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "store": f"Qdrant server {args.qdrant_url}"
+        if args.qdrant_url
+        else "embedded store (qdrant-edge)",
     }
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(kafka_bootstrap=broker.bootstrap, app_id=f"bench-{unique}")
@@ -320,6 +379,8 @@ def main() -> None:
             "LEARNLOOP_LOG_FORMAT": "json",
             "LEARNLOOP_LOG_LEVEL": "warning",
         }
+        if args.qdrant_url:
+            env["LEARNLOOP_QDRANT_URL"] = args.qdrant_url
         if args.cache_entries is not None:
             env["LEARNLOOP_CONTEXT_CACHE_ENTRIES"] = str(args.cache_entries)
         log = Path(tmp, "api.log").open("wb")  # noqa: SIM115 - closed after the process
@@ -330,7 +391,18 @@ def main() -> None:
         clients = ["wrk", "httpx"] if args.client == "both" else [args.client]
         try:
             rows["api_read_and_index_s"] = wait_indexed(url, groups[-1], 900)
-            asyncio.run(load_httpx(url, args.groups, 500, args.concurrency))  # warm-up
+            # Warm-up: every caller once, so the runs below measure the steady state (each
+            # caller's prefix cached). This pass is reported apart: it is what callers see
+            # right after a start or a memory change (prefix assembled, precedence checked).
+            api_cpu, counters = cpu_seconds(process.pid), api_metrics(url)
+            cold = run_httpx(url, layout, max(layout.users, 500), args.concurrency)
+            cold["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
+            cold.update(explain(counters, api_metrics(url)))
+            cold["load_average_1m"] = os.getloadavg()[0]
+            rows["cold"] = cold
+            sample = httpx.post(f"{url}/v1/context", json=request_body(layout, 1), timeout=5).json()
+            rows["groups_per_answer"] = len(sample["versions"])
+            rows["examples_per_answer"] = len(sample["examples"])
             idle = cpu_seconds(process.pid)
             time.sleep(3.0)  # what the API burns with no requests (following the logs)
             rows["api_idle_cpu"] = (cpu_seconds(process.pid) - idle) / 3.0
@@ -357,9 +429,9 @@ def main() -> None:
                     time.sleep(1.0)
                 api_cpu, counters = cpu_seconds(process.pid), api_metrics(url)
                 if name == "wrk":
-                    result = run_wrk(url, args.groups, args.seconds, args.concurrency, tmp)
+                    result = run_wrk(url, layout, args.seconds, args.concurrency, tmp)
                 else:
-                    result = run_httpx(url, args.groups, args.requests, args.concurrency)
+                    result = run_httpx(url, layout, args.requests, args.concurrency)
                 result["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
                 result.update(explain(counters, api_metrics(url)))
                 result["load_average_1m"] = os.getloadavg()[0]
@@ -377,7 +449,7 @@ def main() -> None:
             )
             if "wrk" in clients:  # what the framework costs with no work in the handler
                 api_cpu = cpu_seconds(process.pid)
-                floor = run_wrk(url, args.groups, 5, args.concurrency, tmp, path="/healthz")
+                floor = run_wrk(url, layout, 5, args.concurrency, tmp, path="/healthz")
                 floor["api_cpu_s"] = cpu_seconds(process.pid) - api_cpu
                 rows["floor"] = floor
         finally:
@@ -402,23 +474,39 @@ def report_floor(rows: dict[str, Any]) -> None:
 
 def report(rows: dict[str, Any]) -> None:
     print(
-        f"/v1/context, 1 API process, embedded store (qdrant-edge), "
-        f"{rows['groups']:,} groups x {rows['items_per_group']} items, "
+        f"/v1/context, 1 API process, {rows['store']}, "
+        f"{rows['groups']:,} groups x {rows['items_per_group']} items "
+        f"({rows['layout']['users']:,} user, {rows['layout']['teams']:,} team, "
+        f"{rows['layout']['orgs']:,} org), budget {rows['max_tokens']} tokens, "
         f"concurrency {rows['concurrency']}"
     )
-    print("(Qdrant server adapter: not measured, no Qdrant server can be installed here)")
+    if rows["store"].startswith("embedded"):
+        print(
+            "(Qdrant server adapter: not measured in this run; pass --qdrant-url where a "
+            "server is reachable: none can be installed on the development machines)"
+        )
     print(f"machine: {os.cpu_count()} cores, shared: the API, the client and anything else")
-    for key in ("points", "seed_s", "api_read_and_index_s", "api_idle_cpu"):
+    for key in (
+        "points",
+        "seed_s",
+        "api_read_and_index_s",
+        "api_idle_cpu",
+        "groups_per_answer",
+        "examples_per_answer",
+    ):
         value = rows[key]
         print(
             f"{key:<24} {value:>14,.2f}" if isinstance(value, float) else f"{key:<24} {value:>14}"
         )
-    for name in ("wrk", "httpx"):
+    for name in ("cold", "wrk", "httpx"):
         if name not in rows:
             continue
         r = rows[name]
+        if name == "cold":
+            print("first request of every caller (httpx client, prefix cache cold):")
         print(
-            f"client {name:<6} requests {r['requests']:>8,.0f}  p50 {r['p50_ms']:6.2f} ms  "
+            f"client {'httpx' if name == 'cold' else name:<6} "
+            f"requests {r['requests']:>8,.0f}  p50 {r['p50_ms']:6.2f} ms  "
             f"p99 {r['p99_ms']:6.2f} ms  p99.9 {r['p999_ms']:6.2f} ms  "
             f"{r['requests'] / r['wall_s']:8,.0f} req/s  "
             f"API CPU {r['api_cpu_s'] / r['requests'] * 1000:.2f} ms/req  "
@@ -428,8 +516,9 @@ def report(rows: dict[str, Any]) -> None:
         print(
             f"  in the API: {r['in_app_ms']:.2f} ms/req in the app (after HTTP parsing), of which "
             f"{r['store_search_ms']:.2f} ms in the store search; prefix cache hits "
-            f"{r['prefix_cache_hit_rate']:.1%}; load average after the run "
-            f"{r['load_average_1m']:.2f}"
+            f"{r['prefix_cache_hit_rate']:.1%}; full GCs {r['full_gc_collections']:.0f} "
+            f"({r['full_gc_seconds'] * 1000:.0f} ms); "
+            f"load average after the run {r['load_average_1m']:.2f}"
         )
 
 

@@ -8,6 +8,10 @@ values; per-group numbers are served by ``/v1/groups/{group}/stats`` instead.
 
 from __future__ import annotations
 
+import gc
+import time
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_IN = Counter(
@@ -24,6 +28,8 @@ def events_in_by_stage() -> dict[str, int]:
                 stage = sample.labels["stage"]
                 totals[stage] = totals.get(stage, 0) + int(sample.value)
     return totals
+
+
 EVENTS_OUT = Counter(
     "learnloop_events_out_total", "Records produced, by stage and kind", ["stage", "kind"]
 )
@@ -122,3 +128,29 @@ CONTEXT_TOKENS = Histogram(
     "Estimated tokens per context returned",
     buckets=(0, 50, 100, 200, 400, 800, 1600, 3200),
 )
+GC_PAUSE_SECONDS = Histogram(
+    "learnloop_gc_pause_seconds",
+    "Pauses of CPython's cyclic garbage collector, by generation (the process stops meanwhile)",
+    ["generation"],
+    buckets=(0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+_gc_started: list[float] = []
+
+
+def _time_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[:] = [time.perf_counter()]
+    elif _gc_started:
+        GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(
+            time.perf_counter() - _gc_started.pop()
+        )
+
+
+def time_gc_pauses() -> None:
+    """Record every collector pause in ``learnloop_gc_pause_seconds`` (idempotent).
+
+    A full collection walks every tracked object: in the API that is every memory
+    snapshot read, so its pauses land directly in request latency.
+    """
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)

@@ -199,8 +199,10 @@ def _control(state: GroupState, signal: Signal) -> None:
         kept = set(payload.get("deferred_ids", ()))
         used = set(payload.get("evidence_ids", ())) - kept
         state["evidence"] = [e for e in state["evidence"] if e["event_id"] not in used]
-        state["deferred"] = [e["event_id"] for e in state["evidence"] if e["event_id"] in kept]
         state["rated"] = [e for e in state["rated"] if e["event_id"] not in used]
+        state["deferred"] = [
+            e["event_id"] for e in (*state["evidence"], *state["rated"]) if e["event_id"] in kept
+        ]
     elif signal["type"] == FORGET_USER:
         user = payload.get("user_id")
         state["evidence"] = [e for e in state["evidence"] if e["user_id"] != user]
@@ -339,7 +341,12 @@ def decide_trigger(
         return "evidence"
     # engagement and derived ratings weigh less and count only in aggregate
     rated_weight, raters = believed_weight(state["rated"])
-    if rated_weight >= max(policy.min_evidence, 5) and len(raters) >= policy.min_users:
+    fresh_rated = any(e["event_id"] not in deferred for e in state["rated"])
+    if (
+        fresh_rated
+        and rated_weight >= max(policy.min_evidence, 5)
+        and len(raters) >= policy.min_users
+    ):
         return "ratings"
     if _downvote_jump(state, now_ms, policy):
         return "downvote_rate_jump"

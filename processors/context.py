@@ -10,7 +10,7 @@ is byte-identical between memory changes: prompt caches keep hitting.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from processors.groups import scope_of
@@ -63,10 +63,16 @@ def order_groups(groups: Sequence[str]) -> list[str]:
     return sorted(set(groups), key=lambda g: (scope_rank(g), g))
 
 
+ConflictKeys = Callable[[MemoryItem], tuple[Sequence[str], Sequence[str]]]
+"""``item -> (offers, seeks)``: ``conflicts(narrow, wide)`` can only hold if
+``offers(narrow)`` and ``seeks(wide)`` share a key (a necessary condition)."""
+
+
 def assemble_prefix(
     snapshots: Mapping[str, Snapshot],
     max_tokens: int,
     conflicts: Callable[[MemoryItem, MemoryItem], bool],
+    keys: ConflictKeys | None = None,
 ) -> Prefix:
     """Merge the groups' active rules by precedence and fit the budget.
 
@@ -74,11 +80,18 @@ def assemble_prefix(
     wide)`` against the rules already chosen from *earlier* (narrower, or equally
     wide and sorted first) groups, never against rules of its own group: within a
     group, consolidation has already settled contradictions. A rule that loses is
-    left out and listed in ``dropped`` with the id and group of the rule that won.
+    left out and listed in ``dropped`` with the id and group of the rule that won
+    (the first narrower rule, in prefix order, that contradicts it).
+
+    ``keys`` only saves work: narrower rules that share no key with the wide rule
+    are not asked, and the answer is the same as without it. Without it, four groups
+    of 50 rules cost ~15,000 ``conflicts`` calls (about 50 ms with the text checks).
     """
     versions = {group: snapshots[group]["version"] for group in order_groups(list(snapshots))}
     chosen: list[ContextItem] = []
     narrower: list[MemoryItem] = []  # rules chosen from the groups before this one
+    offered: dict[str, list[int]] = {}  # key -> positions in `narrower` that offer it
+    last = next(reversed(versions), None)
     dropped: list[dict[str, str]] = []
     budget = max_tokens - estimate_tokens(HEADER)
     for group in versions:
@@ -92,7 +105,12 @@ def assemble_prefix(
         )
         taken: list[MemoryItem] = []
         for item in rules:
-            overridden = next((c for c in narrower if conflicts(c, item)), None)
+            candidates: Iterable[MemoryItem] = narrower
+            if keys is not None and narrower:
+                seeks = keys(item)[1]
+                positions = {i for key in seeks for i in offered.get(key, ())}
+                candidates = (narrower[i] for i in sorted(positions))
+            overridden = next((c for c in candidates if conflicts(c, item)), None)
             if overridden is not None:
                 dropped.append(
                     {
@@ -119,7 +137,11 @@ def assemble_prefix(
                     "tokens": item["tokens"],
                 }
             )
-        narrower.extend(taken)
+        for item in taken:
+            if keys is not None and group != last:  # only wider groups ask for offers
+                for key in keys(item)[0]:
+                    offered.setdefault(key, []).append(len(narrower))
+            narrower.append(item)
     lines = [HEADER] + [f"- [{c['group']}] {c['text']}" for c in chosen] if chosen else []
     return {
         "prefix": "\n".join(lines),
@@ -130,19 +152,17 @@ def assemble_prefix(
     }
 
 
-def attach_examples(
-    prefix: Prefix,
+def pick_examples(
+    versions: Mapping[str, int],
+    budget: int,
     examples: Sequence[tuple[float, MemoryItem]],
-    max_tokens: int,
     max_examples: int = 4,
-) -> Context:
-    """The context: ``prefix`` (not modified, it may be shared) plus the best examples.
+) -> tuple[list[dict[str, Any]], int]:
+    """The best examples that fit ``budget``, and the budget they leave.
 
     ``examples`` are ``(similarity, item)`` pairs retrieved for the query from the
-    caller's groups; they fill what the rules left of the budget, best first.
+    caller's groups (``versions``); best first, ties by id.
     """
-    versions = prefix["versions"]
-    budget = prefix["budget_left"]
     picked: list[dict[str, Any]] = []
     for score, item in sorted(examples, key=lambda e: (-e[0], e[1]["item_id"])):
         if len(picked) >= max_examples or item["group"] not in versions:
@@ -165,10 +185,24 @@ def attach_examples(
                 "score": round(score, 4),
             }
         )
+    return picked, budget
+
+
+def attach_examples(
+    prefix: Prefix,
+    examples: Sequence[tuple[float, MemoryItem]],
+    max_tokens: int,
+    max_examples: int = 4,
+) -> Context:
+    """The context: ``prefix`` (not modified, it may be shared) plus the best examples
+    that fit in what the rules left of the budget."""
+    picked, budget = pick_examples(
+        prefix["versions"], prefix["budget_left"], examples, max_examples
+    )
     return {
         "prefix": prefix["prefix"],
         "examples": picked,
-        "versions": dict(versions),
+        "versions": dict(prefix["versions"]),
         "items": list(prefix["items"]),
         "dropped": list(prefix["dropped"]),
         "tokens": max_tokens - budget,

@@ -94,6 +94,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
     problems.install(app)
 
     app.add_middleware(RequestMetrics)
+    metrics.time_gc_pauses()
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -26,12 +27,12 @@ from learnloop.api.problems import Problem
 from learnloop.embeddings import EmbeddingUnavailable, embed_off_loop
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
-from processors.context import EXAMPLE_KINDS, attach_examples, order_groups
+from processors.context import EXAMPLE_KINDS, order_groups
 from processors.embedding import cosine
 from processors.groups import resolve_groups
 from processors.memory import MemoryItem, Snapshot
 from processors.memory_ops import diff, empty_snapshot
-from processors.synthesis.text import contradiction
+from processors.synthesis.text import contradiction, rule_shape
 
 if TYPE_CHECKING:
     from learnloop.api.app import Services
@@ -272,7 +273,7 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
             results.append({"group": group, **outcome, "retired_items": retired})
         return {"user_id": user_id, "groups": results}
 
-    prefixes = PrefixCache(settings.context_cache_entries, _conflicts)
+    prefixes = PrefixCache(settings.context_cache_entries, _conflicts, keys=_conflict_keys)
 
     @router.post(
         "/context",
@@ -319,9 +320,11 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         # Only what this caller may read is in `snapshots`, so the cache key (taken
         # from it) cannot hand one tenant's rules to another.
         prefix = prefixes.prefix(snapshots, body.max_tokens)
-        examples = await _examples(services, snapshots, body.query, body.pin)
-        result = attach_examples(prefix, examples, body.max_tokens, body.max_examples)
-        metrics.CONTEXT_ITEMS.observe(len(result["items"]) + len(result["examples"]))
+        examples = await _examples(
+            services, snapshots, body.query, body.pin, prefix.budget_left
+        )
+        result = prefix.context(examples, body.max_tokens, body.max_examples)
+        metrics.CONTEXT_ITEMS.observe(prefix.items + len(result["examples"]))
         metrics.CONTEXT_TOKENS.observe(result["tokens"])
         answer = {**result, "groups": list(snapshots), "hidden": hidden}
         return Response(orjson.dumps(answer), media_type="application/json")
@@ -342,11 +345,46 @@ def _conflicts(narrow: MemoryItem, wide: MemoryItem) -> bool:
     return contradiction(narrow["text"], wide["text"]) is not None
 
 
+def _conflict_keys(item: MemoryItem) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a rule offers to, and seeks in, a contradiction (see ``_conflicts``).
+
+    ``contradiction(narrow, wide)`` needs a thing ``narrow`` asks for that ``wide``
+    avoids, a thing ``narrow`` avoids that ``wide`` asks for, or an exclusive choice
+    (language, version, ...) that both make. So ``narrow`` offers ``+t`` for what it
+    asks for, ``-t`` for what it avoids and ``=name`` for its choices; ``wide`` seeks
+    ``-t`` for what it asks for, ``+t`` for what it avoids and the same ``=name``.
+    tests/unit/test_precedence_keys.py checks that no contradiction is missed.
+    """
+    return _text_keys(item["text"])
+
+
+@lru_cache(maxsize=16_384)
+def _text_keys(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Tuples of strings, not sets: the collector stops tracking them, so a full
+    cache costs a full collection nothing."""
+    shape = rule_shape(text)
+    choices = {f"={name}" for name, _ in shape.choices}
+    offers = {f"+{t}" for t in shape.positive} | {f"-{t}" for t in shape.negative}
+    seeks = {f"-{t}" for t in shape.positive} | {f"+{t}" for t in shape.negative}
+    return tuple(sorted(offers | choices)), tuple(sorted(seeks | choices))
+
+
 async def _examples(
-    services: Services, snapshots: dict[str, Snapshot], query: str, pins: dict[str, int]
+    services: Services,
+    snapshots: dict[str, Snapshot],
+    query: str,
+    pins: dict[str, int],
+    budget: int,
 ) -> list[tuple[float, MemoryItem]]:
-    """Examples similar to the query: from the index for current versions, by scan if pinned."""
+    """Examples similar to the query: from the index for current versions, by scan if pinned.
+
+    None are looked for when not one of the groups' examples fits in ``budget`` (what
+    the rules left): the answer would be the same, without the embedding and search.
+    """
     if not query or not snapshots:
+        return []
+    cheapest = (services.memory.cheapest_example(g, s["version"]) for g, s in snapshots.items())
+    if min((c for c in cheapest if c is not None), default=budget + 1) > budget:
         return []
     embedder = services.memory.embedder
     try:

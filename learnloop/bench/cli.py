@@ -37,7 +37,18 @@ def quality(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: each scenario's).")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Run each scenario over this many rounds.", min=1)
+    ] = None,
     sink: Annotated[str, typer.Option(help="kafka or http (POST /v1/events).")] = "kafka",
+    closed_loop: Annotated[
+        bool,
+        typer.Option(
+            "--closed-loop",
+            help="The simulated agent follows the rules in its /v1/context (the stream then "
+            "depends on what was learned, so it is no longer byte-identical).",
+        ),
+    ] = False,
     json_out: JsonOption = None,
     config: ConfigOption = None,
     workdir: Annotated[
@@ -60,6 +71,8 @@ def quality(
     try:
         settings = load_settings(config)
         scenarios = [load_scenario(name) for name in names]
+        if rounds is not None:
+            scenarios = [s.with_rounds(rounds) for s in scenarios]
     except LearnloopError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -83,7 +96,14 @@ def quality(
                 base = workdir / loaded.name if workdir else Path(tmp)
                 try:
                     report = QualityRun(
-                        loaded, settings, base, seed=seed, sink=sink, config=config, progress=step
+                        loaded,
+                        settings,
+                        base,
+                        seed=seed,
+                        sink=sink,
+                        config=config,
+                        progress=step,
+                        closed_loop=closed_loop,
                     ).run()
                 except LearnloopError as exc:
                     err.print(f"[red]error:[/red] {loaded.name}: {exc}")
@@ -143,7 +163,17 @@ def latency(
         ),
         title_justify="left",
     )
-    for column in ("scope", "trials", "learned", "timed out", "p50 ms", "p95 ms", "max ms"):
+    for column in (
+        "scope",
+        "trials",
+        "learned",
+        "timed out",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "worker p50 ms",
+        "API+poll p50 ms",
+    ):
         table.add_column(column, justify="right")
     for name, row in report["scopes"].items():
         table.add_row(
@@ -153,7 +183,7 @@ def latency(
             str(row["timed_out"]),
             *(
                 ("—" if row[k] is None else f"{row[k]:,.0f}")
-                for k in ("p50_ms", "p95_ms", "max_ms")
+                for k in ("p50_ms", "p95_ms", "max_ms", "worker_p50_ms", "api_p50_ms")
             ),
         )
     console.print(table)
@@ -230,8 +260,12 @@ def context(
     items: Annotated[
         list[int] | None, typer.Option(help="Items per group; repeat to compare (default 20, 200).")
     ] = None,
-    requests: Annotated[int, typer.Option(help="Requests per run.", min=10)] = 2000,
+    requests: Annotated[int, typer.Option(help="Requests per run (httpx client).", min=10)] = 2000,
     concurrency: Annotated[int, typer.Option(help="Concurrent clients.", min=1)] = 8,
+    client: Annotated[
+        str,
+        typer.Option(help="httpx, wrk (fixed duration) or both; the first one goes in the table."),
+    ] = "httpx",
     json_out: JsonOption = None,
 ) -> None:
     """/v1/context latency and requests/s for one API process, as items per group grow.
@@ -240,35 +274,34 @@ def context(
     """
     from rich.table import Table
 
+    if client not in ("httpx", "wrk", "both"):
+        err.print("[red]error:[/red] --client must be httpx, wrk or both")
+        raise typer.Exit(2)
     runs = []
     for n in items or [20, 200]:
+        args = ["--groups", str(groups), "--items", str(n), "--requests", str(requests)]
+        args += ["--concurrency", str(concurrency), "--client", client]
         runs.append(
             _run_script(
                 "context_latency.py",
-                [
-                    "--groups",
-                    str(groups),
-                    "--items",
-                    str(n),
-                    "--requests",
-                    str(requests),
-                    "--concurrency",
-                    str(concurrency),
-                ],
-                f"context_latency.py --groups {groups} --items {n} --requests {requests}…",
+                args,
+                f"context_latency.py {' '.join(args)}…",
             )
         )
     table = Table(
         title=f"/v1/context: 1 API process, embedded store, {groups} groups, "
-        f"{requests} requests at concurrency {concurrency}",
+        f"concurrency {concurrency}",
         title_justify="left",
     )
-    for column in ("items/group", "points", "p50 ms", "p99 ms", "requests/s", "index s"):
+    columns = ("items/group", "points", "client", "requests", "p50 ms", "p99 ms", "requests/s")
+    for column in (*columns, "index s"):
         table.add_column(column, justify="right")
     for run in runs:
         table.add_row(
             str(run["items_per_group"]),
             f"{run['points']:,}",
+            str(run.get("client", "httpx")),
+            f"{run['requests']:,}",
             f"{run['p50_ms']:.1f}",
             f"{run['p99_ms']:.1f}",
             f"{run['requests_per_s']:,.0f}",
@@ -346,5 +379,10 @@ def memory(
             "",
             f"{b['context_p50_ms'] / a['context_p50_ms']:.2f}x",
         )
+    if len(phases) == 2 and phases[1]["groups"] > phases[0]["groups"]:
+        a, b = phases
+        per_group = (b["worker_rss_mb"] - a["worker_rss_mb"]) * 1024 / (b["groups"] - a["groups"])
+        report["rss_kb_per_added_group"] = round(per_group, 1)
+        table.caption = f"worker RSS added per added group: {per_group:.1f} KB"
     console.print(table)
     _write(json_out, report)

@@ -7,7 +7,12 @@ explanation; for a ``team:`` group the third distinct user's) and stops when a
 ``POST /v1/context`` for that user first returns a prefix containing the new
 rule, polled every ``poll_ms``. Trials run one after another, so each measures
 an idle pipeline: join, aggregation, synthesis, the versions topic and the API's
-follower, plus the polling interval.
+follower, plus the polling interval. Each trial also reads the new memory
+version's ``created_ms`` (stamped by the worker's memory agent on the same
+machine's clock) to split the time into the worker's part (event confirmed ->
+version written: join, aggregation, synthesis and two topic hops) and the API's
+part (version written -> visible in ``/v1/context``: the versions topic, the
+API's follower and indexing, and the polling interval).
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ def _trial_events(
     run: str, trial: int, scope: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """(events before the clock starts, the completing event, a word unique to the rule)."""
-    word = f"zeta{run}{trial}"
-    users = [f"lat{run}-{trial}-{k}" for k in range(3 if scope == "team" else 1)]
+    word = f"zeta{run}{scope[0]}{trial}"  # unique per trial: ids and users are never reused
+    users = [f"lat{run}{scope[0]}-{trial}-{k}" for k in range(3 if scope == "team" else 1)]
     team = f"lat{run}-{trial}" if scope == "team" else None
     org = f"latorg{run}"
     events: list[dict[str, Any]] = []
@@ -76,13 +81,15 @@ async def _trial(
     trial: int,
     scope: str,
     poll_ms: int,
-) -> float | None:
+) -> tuple[float, float] | None:
+    """(seconds to the rule in context, seconds of it spent in the worker), or None."""
     before, last, word = _trial_events(run, trial, scope)
     if before:
         await producer.emit_many(before)
     await asyncio.sleep(0.3)  # the interactions are joined before the clock starts
     await producer.emit(last)
     started = time.perf_counter()
+    wall_ms = time.time() * 1000
     body = {"user_id": last["user_id"], "org_id": last["org_id"], "query": "billing"}
     if "team_id" in last:
         body["team_id"] = last["team_id"]
@@ -94,7 +101,12 @@ async def _trial(
             line.startswith(f"- {tag}") and word in line.lower()
             for line in response.json()["prefix"].splitlines()
         ):
-            return time.perf_counter() - started
+            total = time.perf_counter() - started
+            group = tag.strip("[]")
+            version = response.json()["versions"][group]
+            memory = await http.get(f"/v1/groups/{group}/memory", params={"version": version})
+            worker_s = max(0.0, (memory.json()["created_ms"] - wall_ms) / 1000)
+            return total, min(worker_s, total)
         await asyncio.sleep(poll_ms / 1000)
     return None
 
@@ -105,8 +117,10 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[index]
 
 
-def summarise(samples: list[float | None]) -> dict[str, Any]:
-    ok = [s * 1000 for s in samples if s is not None]
+def summarise(samples: list[tuple[float, float] | None]) -> dict[str, Any]:
+    ok = [s[0] * 1000 for s in samples if s is not None]
+    worker = [s[1] * 1000 for s in samples if s is not None]
+    api = [(s[0] - s[1]) * 1000 for s in samples if s is not None]
     return {
         "trials": len(samples),
         "learned": len(ok),
@@ -115,6 +129,8 @@ def summarise(samples: list[float | None]) -> dict[str, Any]:
         "p95_ms": round(_percentile(ok, 0.95), 1) if ok else None,
         "max_ms": round(max(ok), 1) if ok else None,
         "min_ms": round(min(ok), 1) if ok else None,
+        "worker_p50_ms": round(statistics.median(worker), 1) if worker else None,
+        "api_p50_ms": round(statistics.median(api), 1) if api else None,
     }
 
 
@@ -129,7 +145,7 @@ def run_latency(
     """Run the trials on a fresh ``learnloop up``; the JSON-able report."""
     step = progress or (lambda _d, _i, _n: None)
     run = uuid.uuid4().hex[:4]
-    results: dict[str, list[float | None]] = {scope: [] for scope in scopes}
+    results: dict[str, list[tuple[float, float] | None]] = {scope: [] for scope in scopes}
 
     async def main(stack: UpStack) -> None:
         async with (
@@ -154,7 +170,7 @@ def run_latency(
         "ready_s": round(ready_s, 1),
         "scopes": {scope: summarise(samples) for scope, samples in results.items()},
         "samples_ms": {
-            scope: [None if s is None else round(s * 1000, 1) for s in samples]
+            scope: [None if s is None else round(s[0] * 1000, 1) for s in samples]
             for scope, samples in results.items()
         },
     }

@@ -30,7 +30,7 @@ from learnloop.bench.truth import (
     scope_of,
 )
 from learnloop.settings import Settings
-from learnloop.simulate.generator import SimEvent, by_round, generate
+from learnloop.simulate.generator import Generator, SimEvent
 from learnloop.simulate.scenario import Scenario
 from learnloop.simulate.sink import HttpSink, KafkaSink, Sink
 
@@ -93,6 +93,7 @@ class QualityRun:
         config: Path | None = None,
         drain_timeout_s: float = 180.0,
         progress: Progress | None = None,
+        closed_loop: bool = False,
     ) -> None:
         self.scenario = scenario
         self.settings = settings
@@ -102,27 +103,32 @@ class QualityRun:
         self.config = config
         self.drain_timeout_s = drain_timeout_s
         self.progress = progress or (lambda _d, _i, _n: None)
+        self.closed_loop = closed_loop
 
     # -- orchestration -------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         scenario = self.scenario
-        events = generate(scenario, self.seed, bench_start(scenario))
-        for sim in events:
-            if sim.event["type"] == "interaction":
-                _RESPONSES[sim.event["interaction_id"]] = sim.event["response"]
-        truth = build_truth(scenario, events, self.settings.policy)
-        learned_at: dict[tuple[str, str], int] = {}
+        generator = Generator(scenario, self.seed, bench_start(scenario))
+        static = build_truth(scenario, [], self.settings.policy)  # members, orgs, targets
+        events: list[SimEvent] = []
+        live_by_round: list[dict[str, list[str]]] = []
         rounds: list[dict[str, Any]] = []
         context_leaks: list[dict[str, Any]] = []
         cache_breaks = 0
         last_prefix: dict[str, tuple[dict[str, int], str]] = {}
         sent = 0
         started = time.monotonic()
-        rounds_list = list(by_round(events))
+        contexts: dict[str, tuple[set[str], dict[str, Any]]] = {}
         with UpStack(self.workdir, config=self.config) as stack:
-            self.progress("pipeline ready", 0, len(rounds_list))
-            for index, (round_, batch) in enumerate(rounds_list):
+            self.progress("pipeline ready", 0, scenario.rounds)
+            for round_ in range(scenario.rounds):
+                knows = self._knows(contexts, static) if self.closed_loop else None
+                batch = generator.round(knows)
+                events += batch
+                for sim in batch:
+                    if sim.event["type"] == "interaction":
+                        _RESPONSES[sim.event["interaction_id"]] = sim.event["response"]
                 sink: Sink = (
                     KafkaSink(stack.bootstrap, self.settings.topics.events)
                     if self.sink == "kafka"
@@ -130,46 +136,41 @@ class QualityRun:
                 )
                 sent += asyncio.run(_send(sink, batch))
                 drain_s = stack.drained(sent, self.drain_timeout_s)
-                memories = {g: stack.memory(g) for g in sorted(truth.members)}
-                for expectation in truth.expectations:
-                    key = (expectation.group, expectation.target)
-                    if key in learned_at:
-                        continue
-                    target = truth.targets[expectation.target]
-                    if any(
-                        rule_matches(i["text"], target.match)
-                        for i in live_rules(memories[expectation.group])
-                    ):
-                        learned_at[key] = round_
-                contexts = self._contexts(stack, truth, round_)
+                live_by_round.append(
+                    {
+                        g: [r["text"] for r in live_rules(stack.memory(g))]
+                        for g in sorted(static.members)
+                    }
+                )
+                contexts = self._contexts(stack, static, round_)
                 tokens, prefix_bytes = [], []
                 for user, (request_groups, ctx) in contexts.items():
                     tokens.append(ctx["tokens"])
                     prefix_bytes.append(len(ctx["prefix"].encode()))
-                    context_leaks += self._context_leaks(user, request_groups, ctx, truth, round_)
+                    context_leaks += self._context_leaks(user, request_groups, ctx, static, round_)
                     seen = last_prefix.get(user)
                     if seen is not None and seen[0] == ctx["versions"] and seen[1] != ctx["prefix"]:
                         cache_breaks += 1
                     last_prefix[user] = (ctx["versions"], ctx["prefix"])
-                upto = [e for e in events if e.round <= round_]
                 naive = [
                     _naive_tokens(
                         [
                             e
-                            for e in upto
+                            for e in events
                             if e.noise != "duplicate"
-                            and (e.user == user or e.team == _team(truth, user))
+                            and (e.user == user or e.team == _team(static, user))
                         ]
                     )
                     for user in contexts
                 ]
+                on_topic = [e for e in batch if e.event["type"] == "interaction" and e.pref]
+                violated = sum(1 for e in on_topic if e.respected is False)
                 rounds.append(
                     {
                         "round": round_,
                         "events_sent": sent,
                         "drain_s": round(drain_s, 2),
-                        "learned": len(learned_at),
-                        "expected": len(truth.expectations),
+                        "violation_rate": round(violated / len(on_topic), 3) if on_topic else None,
                         "context_tokens_mean": round(sum(tokens) / max(1, len(tokens)), 1),
                         "context_tokens_max": max(tokens, default=0),
                         "prefix_bytes_max": max(prefix_bytes, default=0),
@@ -177,10 +178,21 @@ class QualityRun:
                         "naive_tokens_max": max(naive, default=0),
                     }
                 )
-                self.progress(f"round {round_ + 1}/{len(rounds_list)}", index + 1, len(rounds_list))
+                self.progress(f"round {round_ + 1}/{scenario.rounds}", round_ + 1, scenario.rounds)
             final = {g["group"]: stack.memory(g["group"]) for g in stack.groups()}
             ready_s = stack.ready_s
-        return self._report(
+        truth = build_truth(scenario, events, self.settings.policy)
+        learned_at: dict[tuple[str, str], int] = {}
+        for e in truth.expectations:
+            target = truth.targets[e.target]
+            for round_, live in enumerate(live_by_round):
+                if any(rule_matches(text, target.match) for text in live.get(e.group, [])):
+                    learned_at[(e.group, e.target)] = round_
+                    break
+        for row in rounds:
+            row["learned"] = sum(1 for at in learned_at.values() if at <= row["round"])
+            row["expected"] = len(truth.expectations)
+        report = self._report(
             events,
             truth,
             final,
@@ -191,6 +203,74 @@ class QualityRun:
             ready_s,
             time.monotonic() - started,
         )
+        report["closed_loop"] = self.closed_loop
+        report["dissenters"] = self._dissenters(truth, final, contexts)
+        return report
+
+    def _knows(
+        self, contexts: dict[str, tuple[set[str], dict[str, Any]]], truth: Truth
+    ) -> Callable[[str, str], bool]:
+        """The simulated agent follows a rule when its last context had one for the preference."""
+        texts = {user: [i["text"] for i in ctx["items"]] for user, (_, ctx) in contexts.items()}
+
+        def knows(user: str, pref: str) -> bool:
+            target = truth.targets.get(pref)
+            return target is not None and any(
+                rule_matches(t, target.match) for t in texts.get(user, [])
+            )
+
+        return knows
+
+    def _dissenters(
+        self,
+        truth: Truth,
+        final: dict[str, dict[str, Any]],
+        contexts: dict[str, tuple[set[str], dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        """Users whose own preference opposes one their team or org learned: whose wins?"""
+        out = []
+        last = self.scenario.rounds - 1
+        for org, team, user in self.scenario.members():
+            for holding in user.prefers:
+                if not holding.active(last):
+                    continue
+                mine = truth.targets[holding.id]
+                for opposed in self.scenario.preference(holding.id).opposes:
+                    theirs = truth.targets[opposed]
+                    for group in (f"team:{team.id}", f"org:{org.id}"):
+                        wide = {
+                            r["item_id"]
+                            for r in live_rules(final.get(group, {}))
+                            if r["status"] == "active" and rule_matches(r["text"], theirs.match)
+                        }
+                        if not wide:
+                            continue
+                        own = {
+                            r["item_id"]
+                            for r in live_rules(final.get(f"user:{user.id}", {}))
+                            if rule_matches(r["text"], mine.match)
+                        }
+                        items = contexts.get(user.id, (set(), {"items": []}))[1]["items"]
+                        shown = {i["item_id"] for i in items}
+                        if not own:
+                            verdict = f"own preference not learned; gets the {group} rule"
+                        elif own & shown and not wide & shown:
+                            verdict = f"own rule in context, the {group} rule dropped"
+                        elif own & shown:
+                            verdict = f"both in context: the {group} rule was not dropped"
+                        else:
+                            verdict = "own rule missing from context"
+                        out.append(
+                            {
+                                "user": user.id,
+                                "holds": holding.id,
+                                "opposes": opposed,
+                                "group": group,
+                                "verdict": verdict,
+                                "ok": bool(own & shown) and not wide & shown,
+                            }
+                        )
+        return out
 
     def _contexts(
         self, stack: UpStack, truth: Truth, round_: int
@@ -297,6 +377,9 @@ class QualityRun:
                     text = " ".join(
                         str(item.get(k) or "") for k in ("text", "response", "corrected")
                     )
+                    wanted = [truth.targets[e.target] for e in expected]
+                    if any(rule_matches(item["text"], t.match) for t in wanted):
+                        continue  # e.g. "too casual, use a formal tone": the team's own rule
                     for target in odd_targets:
                         if rule_matches(text, target.match):
                             odd_leaks.append(
@@ -431,6 +514,19 @@ class QualityRun:
                         for i in snapshot.get("items", [])
                         if i["status"] == "superseded" and rule_matches(i["text"], old_t.match)
                     ]
+                    new_expected = any(
+                        e.group == group and e.target == new for e in truth.expectations
+                    )
+                    if new_live and not old_live:
+                        verdict = "replaced"
+                    elif new_live:
+                        verdict = "old rule still live next to the new one"
+                    elif new_expected:
+                        verdict = "new rule not learned"
+                    elif old_live:
+                        verdict = "old rule still live; too little evidence for the new one yet"
+                    else:
+                        verdict = "neither learned; too little evidence for the new one yet"
                     out.append(
                         {
                             "group": group,
@@ -438,8 +534,10 @@ class QualityRun:
                             "to": new,
                             "old_still_live": old_live,
                             "new_live": new_live,
+                            "new_expected": new_expected,
                             "old_superseded": superseded,
                             "replaced": bool(new_live) and not old_live,
+                            "verdict": verdict,
                         }
                     )
         return out

@@ -14,9 +14,10 @@ def _pct(value: float | None) -> str:
 
 def render_quality(report: dict[str, Any], console: Console) -> None:
     """The quality report: per group, per preference, leakage, changes, context size."""
+    loop = ", closed loop" if report.get("closed_loop") else ""
     title = (
         f"learning quality: scenario {report['scenario']} (seed {report['seed']}, "
-        f"{report['events']} events, {report['rounds']} rounds, sink {report['sink']})"
+        f"{report['events']} events, {report['rounds']} rounds, sink {report['sink']}{loop})"
     )
     table = Table(title=title, title_justify="left")
     for column in (
@@ -97,20 +98,39 @@ def render_quality(report: dict[str, Any], console: Console) -> None:
         "odd users' preferences in team/org/global examples", str(leak["odd_in_team_org_examples"])
     )
     for c in report["changes"]:
-        verdict = (
-            "replaced"
-            if c["replaced"]
-            else ("old rule still live" if c["old_still_live"] else "new rule not learned")
-        )
         checks.add_row(
             f"{c['group']}: {c['from']} -> {c['to']}",
-            f"{verdict} ({len(c['old_superseded'])} old rule(s) superseded)",
+            f"{c['verdict']} ({len(c['old_superseded'])} old item(s) superseded)",
+        )
+    for d in report.get("dissenters", []):
+        checks.add_row(
+            f"dissenter {d['user']}: own {d['holds']} vs {d['group']}'s {d['opposes']}",
+            d["verdict"],
         )
     ctx = report["context"]
     checks.add_row("prefix changed while memory versions did not", str(ctx["cache_breaks"]))
+    rounds = ctx["rounds"]
+    if len(rounds) >= 2:
+        mid, end = rounds[(len(rounds) - 1) // 2], rounds[-1]
+
+        def grew(key: str) -> str:
+            before, after = mid[key], end[key]
+            change = f" ({(after - before) / before:+.0%})" if before else ""
+            return f"{before:.0f} -> {after:.0f}{change}"
+
+        checks.add_row(
+            f"context tokens per request, rounds {mid['round'] + 1} -> {end['round'] + 1} "
+            f"(events {mid['events_sent']} -> {end['events_sent']})",
+            f"learnloop mean {grew('context_tokens_mean')}, max {end['context_tokens_max']} "
+            f"(budget {ctx['budget']}); append-all-feedback mean {grew('naive_tokens_mean')}",
+        )
     console.print(checks)
 
-    size = Table(title="context per request as feedback grows (tokens)", title_justify="left")
+    size = Table(
+        title="per round: context per request (tokens) as feedback grows, and responses that "
+        "violated a preference",
+        title_justify="left",
+    )
     for column in (
         "after round",
         "events sent",
@@ -119,6 +139,7 @@ def render_quality(report: dict[str, Any], console: Console) -> None:
         "prefix bytes max",
         "append-all-feedback mean",
         "append-all max",
+        "violating responses",
     ):
         size.add_column(column, justify="right")
     for r in ctx["rounds"]:
@@ -130,5 +151,6 @@ def render_quality(report: dict[str, Any], console: Console) -> None:
             str(r["prefix_bytes_max"]),
             f"{r['naive_tokens_mean']:.0f}",
             str(r["naive_tokens_max"]),
+            "—" if r.get("violation_rate") is None else f"{r['violation_rate']:.0%}",
         )
     console.print(size)

@@ -11,7 +11,7 @@ and that never goes on the wire.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +36,9 @@ class SimEvent:
     noise: str | None = None  # "chatter", "flipped", "duplicate"
 
 
+Knows = Callable[[str, str], bool]  # (user, preference) -> the agent's context has its rule
+
+
 def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -48,6 +51,7 @@ class _Round:
         self.rng = rng
         self.seed = seed
         self.start = start
+        self.knows: Knows | None = None
 
     def events(self, round_: int, org: Org, team: Team, user: User, slot: int) -> list[SimEvent]:
         rng, s = self.rng, self.s
@@ -75,6 +79,8 @@ class _Round:
             response = "Here is a short answer based on what I found."
         else:
             respected = rng.random() < s.respect_rate
+            if self.knows is not None and self.knows(user.id, pref.id):
+                respected = True  # closed loop: the agent follows the rule it was given
             query = rng.choice(pref.queries)
             response = rng.choice(pref.respecting if respected else pref.violating)
         calls, failed = self._tool_calls(team)
@@ -178,24 +184,47 @@ class _Round:
         }
 
 
+class Generator:
+    """Round by round, for a closed loop: ``knows`` says which rules the agent was given."""
+
+    def __init__(
+        self, scenario: Scenario, seed: int | None = None, start: datetime | None = None
+    ) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        rng = random.Random(f"{scenario.name}:{self.seed}")  # noqa: S311  (str seeds are stable)
+        self._builder = _Round(scenario, rng, self.seed, start or scenario.start)
+        self._next = 0
+
+    def round(self, knows: Knows | None = None) -> list[SimEvent]:
+        """The next round's events. With ``knows``, a response about a preference whose
+        rule the user's agent has in context respects it; the stream is then
+        deterministic for the same answers of ``knows``, which depend on the run."""
+        round_ = self._next
+        if round_ >= self.scenario.rounds:
+            raise IndexError(f"the scenario has {self.scenario.rounds} rounds")
+        self._next += 1
+        self._builder.knows = knows
+        events: list[SimEvent] = []
+        for slot, (org, team, user) in enumerate(self.scenario.members()):
+            events += self._builder.events(round_, org, team, user, slot)
+        return events
+
+
 def generate(
     scenario: Scenario,
     seed: int | None = None,
     start: datetime | None = None,
     rounds: Iterable[int] | None = None,
 ) -> list[SimEvent]:
-    """The whole stream (or only ``rounds`` of it), in the order it is sent."""
-    seed = scenario.seed if seed is None else seed
-    rng = random.Random(f"{scenario.name}:{seed}")  # noqa: S311  (test data; str seeds are stable)
-    builder = _Round(scenario, rng, seed, start or scenario.start)
+    """The whole stream (or only ``rounds`` of it), in the order it is sent (open loop)."""
+    generator = Generator(scenario, seed, start)
     wanted = set(range(scenario.rounds) if rounds is None else rounds)
     out: list[SimEvent] = []
     for round_ in range(scenario.rounds):
         # every round draws the same numbers whether or not it is kept, so rounds
         # generated separately equal the same rounds of the whole stream
-        events: list[SimEvent] = []
-        for slot, (org, team, user) in enumerate(scenario.members()):
-            events += builder.events(round_, org, team, user, slot)
+        events = generator.round()
         if round_ in wanted:
             out += events
     return out

@@ -62,6 +62,9 @@ class Preference(Strict):
     explanations: list[str] = Field(min_length=1, description="complaints, phrased many ways")
     edits: list[Edit] = Field(default_factory=list)
     match: Match
+    opposes: list[str] = Field(
+        default_factory=list, description="preferences this one contradicts (dissenters)"
+    )
 
 
 class Tool(Strict):
@@ -184,6 +187,10 @@ class Scenario(Strict):
         known = {p.id for p in self.preferences}
         if len(known) != len(self.preferences):
             raise ValueError("preferences: ids must be unique")
+        for i, pref in enumerate(self.preferences):
+            for j, other in enumerate(pref.opposes):
+                if other not in known:
+                    raise ValueError(f"preferences.{i}.opposes.{j}: unknown preference {other!r}")
         seen: set[str] = set()
         teams: set[str] = set()
         for o, org in enumerate(self.orgs):
@@ -207,6 +214,13 @@ class Scenario(Strict):
                                 f"before the last round ({self.rounds})"
                             )
         return self
+
+    def with_rounds(self, rounds: int) -> Scenario:
+        """The same scenario over more (or fewer) rounds, validated again."""
+        try:
+            return Scenario.model_validate({**self.model_dump(), "rounds": rounds})
+        except ValidationError as exc:
+            raise ScenarioError(describe(exc, self.name)) from None
 
     def preference(self, pref_id: str) -> Preference:
         return next(p for p in self.preferences if p.id == pref_id)

@@ -69,7 +69,12 @@ from processors.synthesis.base import (
     skip,
 )
 from processors.synthesis.guard import injection_reason
-from processors.synthesis.offline import ENGAGEMENT_WEIGHT, MIN_ENGAGEMENT_SIGNALS, capped_support
+from processors.synthesis.offline import (
+    ENGAGEMENT_WEIGHT,
+    MIN_ENGAGEMENT_SIGNALS,
+    capped_support,
+    example_too_narrow,
+)
 from processors.synthesis.text import rule_key
 
 log = structlog.get_logger(__name__)
@@ -455,6 +460,9 @@ class LLMSynthesizer:
         response = str(rated[0]["response"])
         key = digest(str(query), response)
         group = [e for e in rated if digest(str(e.get("query") or ""), str(e["response"])) == key]
+        narrow = example_too_narrow(group, policy)
+        if narrow is not None:
+            return "insufficient_support", narrow
         explicit = sum(1 for e in group if not is_implicit(e))
         implicit = len(group) - explicit
         if not explicit and implicit < MIN_ENGAGEMENT_SIGNALS:

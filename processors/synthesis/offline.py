@@ -75,6 +75,19 @@ def capped_support(evidence: Sequence[Evidence], policy: ScopePolicy) -> tuple[f
     return float(sum(min(n, cap) for n in per_user.values())), len(per_user)
 
 
+def example_too_narrow(evidence: Sequence[Evidence], policy: ScopePolicy) -> str | None:
+    """Why a rated example may not enter this group, or None if enough users agree.
+
+    An example in a group is shown to all its members, so it needs as many distinct
+    users behind it as a rule there: one user's up-voted answer (an odd taste, say)
+    stays in that user's own group and out of the team's and the org's.
+    """
+    users = len({str(e.get("user_id", "")) for e in evidence})
+    if users >= policy.min_users:
+        return None
+    return f"{users} user(s) agree; an example in this scope needs {policy.min_users}"
+
+
 class OfflineSynthesizer:
     """Deterministic synthesis from evidence; see the module docstring for what it derives."""
 
@@ -118,7 +131,7 @@ class OfflineSynthesizer:
         items += self._explanations(trigger, policy, explanations, now_ms, skipped)
         items += self._edits(trigger, policy, by_type.pop("edit", []), now_ms, skipped)
         feedback = by_type.pop("rating", []) + by_type.pop("engagement", [])
-        items += self._examples(trigger, feedback, now_ms, skipped)
+        items += self._examples(trigger, policy, feedback, now_ms, skipped)
         tool_evidence = by_type.pop("interaction", []) + by_type.pop("tool_call", [])
         items += self._tool_rules(trigger, policy, tool_evidence, now_ms, skipped)
         for kind, rest in sorted(by_type.items()):
@@ -332,6 +345,7 @@ class OfflineSynthesizer:
     def _examples(
         self,
         trigger: Trigger,
+        policy: ScopePolicy,
         evidence: list[Evidence],
         now_ms: int,
         skipped: list[dict[str, Any]],
@@ -370,6 +384,10 @@ class OfflineSynthesizer:
             sign = 1 if score > 0 else -1
             agreeing = [v for v in counted if v[1] == sign]
             skipped += [skip(ev, "outvoted") for ev, p, _ in counted if p != sign]
+            narrow = example_too_narrow([ev for ev, _, _ in agreeing], policy)
+            if narrow is not None:
+                skipped += [skip(ev, "insufficient_support", narrow) for ev, _, _ in agreeing]
+                continue
             query, response = texts[key]
             kind: ItemKind = "preferred_example" if sign > 0 else "avoided_example"
             label = "Well received" if sign > 0 else "Poorly received"

@@ -63,6 +63,8 @@ def test_bench_quality_smoke(tmp_path: Path) -> None:
             "quality",
             "-s",
             str(scenario),
+            "--sink",
+            "http",  # through POST /v1/events (the benchmark's default is the Kafka client)
             "--json",
             str(out),
             "--workdir",
@@ -78,6 +80,7 @@ def test_bench_quality_smoke(tmp_path: Path) -> None:
     assert "cross-tenant leaks" in table and "append-all-feedback mean" in table
     report = orjson.loads(out.read_bytes())["reports"][0]
     assert report["scenario"] == "tiny" and report["events"] > 20
+    assert report["sink"] == "http"
     assert report["leakage"]["cross_group"] == 0
     assert report["leakage"]["cross_tenant"] == 0
     assert report["leakage"]["odd_in_team_org_rules"] == 0
@@ -86,4 +89,5 @@ def test_bench_quality_smoke(tmp_path: Path) -> None:
     for user in ("a1", "a2", "a3", "a4", "b1"):
         assert by_group[f"user:{user}"]["recall"] == 1.0, by_group[f"user:{user}"]
     assert len(report["context"]["rounds"]) == 3
+    assert all(0 <= r["violation_rate"] <= 1 for r in report["context"]["rounds"])
     assert report["context"]["cache_breaks"] == 0

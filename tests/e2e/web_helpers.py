@@ -118,7 +118,9 @@ def seed(api: Api) -> None:
     """A day in the life of org acme: interactions with tool calls, ratings, explanations.
 
     ``user:alice`` learns a rule from her one explanation; ``org:acme`` gets a
-    proposed rule from five users' similar explanations (it waits for approval).
+    proposed rule from five users' similar explanations and a proposed example from
+    their five up-votes of one answer (both wait for approval); alice's own ratings
+    make examples for her alone.
     Timestamps spread over the last hours so the charts have something to show.
     """
     now = datetime.now(UTC)
@@ -216,6 +218,17 @@ def seed(api: Api) -> None:
                 None,
                 interaction_id=iid,
                 text=variants[n] + ORG_TEXT,
+            ),
+            # all five up-vote the same answer: an example the whole org may see
+            _event(
+                f"web-org-{user}-r",
+                "rating",
+                user,
+                at + timedelta(seconds=20),
+                "acme",
+                None,
+                interaction_id=iid,
+                value=1,
             ),
         ]
     api.send(events)

@@ -274,16 +274,19 @@ async def test_good_structured_answer_gives_items_with_provenance(llm_server: Fa
         "payload": {"original": "use the v1 client", "edited": "use the v2 client"},
         "flags": [],
     }
-    rating = {
-        "event_id": "ev-up",
-        "type": "rating",
-        "user_id": "erin",
-        "timestamp": T0 + 5,
-        "query": "how do I refund an invoice?",
-        "response": "call refunds.create with the invoice id",
-        "payload": {"value": 1},
-        "flags": [],
-    }
+    ratings = [
+        {
+            "event_id": event_id,
+            "type": "rating",
+            "user_id": user,
+            "timestamp": T0 + 5,
+            "query": "how do I refund an invoice?",
+            "response": "call refunds.create with the invoice id",
+            "payload": {"value": 1},
+            "flags": [],
+        }
+        for event_id, user in (("ev-up", "erin"), ("ev-up2", "frank"), ("ev-up3", "gina"))
+    ]
 
     def answer(body: dict[str, Any]) -> list[dict[str, Any]]:
         v2 = [e["id"] for e in evidence_sent(body) if e["type"] == "explanation"]
@@ -310,10 +313,13 @@ async def test_good_structured_answer_gives_items_with_provenance(llm_server: Fa
         ]
 
     llm_server.default = reply_rules(answer)
-    trigger = make_trigger([*V2_TEAM, edit, rating])
+    trigger = make_trigger([*V2_TEAM, edit, *ratings])
+    # one user's up-vote is not enough for an example the whole team sees (min_users 3)
+    lonely = make_trigger([*V2_TEAM, edit, ratings[0]])
     async with make(llm_server) as synth:
         result = await synth.synthesize(trigger, [], T0 + 20_000)
         again = await synth.synthesize(trigger, [], T0 + 20_000)
+        alone = await synth.synthesize(lonely, [], T0 + 20_000)
 
     by_kind = {i["kind"]: i for i in result["items"]}
     assert set(by_kind) == {"rule", "correction", "preferred_example"}
@@ -335,7 +341,11 @@ async def test_good_structured_answer_gives_items_with_provenance(llm_server: Fa
     assert correction["provenance"]["event_ids"] == ["ev-edit"]
     example = by_kind["preferred_example"]
     assert example["response"] == "call refunds.create with the invoice id"
-    assert example["provenance"]["event_ids"] == ["ev-up"]
+    assert example["provenance"]["event_ids"] == ["ev-up", "ev-up2", "ev-up3"]
+    assert "preferred_example" not in {i["kind"] for i in alone["items"]}
+    assert ("insufficient_support", "1 user(s) agree; an example in this scope needs 3") in {
+        (s["reason"], s.get("detail")) for s in alone["skipped"]
+    }
     # a replayed trigger proposes the same items (deterministic ids)
     assert [i["item_id"] for i in again["items"]] == [i["item_id"] for i in result["items"]]
     # the request: model, structured output with a schema, data block, key
@@ -344,7 +354,7 @@ async def test_good_structured_answer_gives_items_with_provenance(llm_server: Fa
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["schema"]["required"] == ["rules"]
     assert "contains no instructions" in body["messages"][0]["content"]
-    assert [e["id"] for e in evidence_sent(body)] == ["E1", "E2", "E3", "E4", "E5"]
+    assert [e["id"] for e in evidence_sent(body)] == ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
     assert llm_server.headers[0]["authorization"] == "Bearer test-key-123"
 
 

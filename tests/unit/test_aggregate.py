@@ -198,3 +198,27 @@ def test_deferred_tool_failures_do_not_refire_until_a_fresh_failure() -> None:
     more = signals_for([interaction("ti9", user="d", tool_calls=calls)], "team:search")
     state, later = apply_signals(state, [(3001, more[0])], 0, POLICY.team)
     assert [t["reason"] for t in later] == ["tool_failure_rate:deploy"]
+
+
+def test_deferred_ratings_do_not_refire_until_a_fresh_rating() -> None:
+    """Ratings an example could not use yet (too few users agree in a team) stay, and
+    wait for a fresh rating instead of triggering the group again and again."""
+    sigs = []
+    for n, user in enumerate(["a", "b", "c", "a", "b", "c"]):
+        sigs += signals_for(
+            [interaction(f"ri{n}", user=user), feedback(f"rr{n}", "rating", f"ri{n}", user=user)],
+            "team:search",
+        )
+    state, triggers = apply_signals(None, list(enumerate(sigs, start=4000)), 0, POLICY.team)
+    assert [t["reason"] for t in triggers] == ["ratings"]
+    rated = [e["event_id"] for e in triggers[0]["evidence"] if e["type"] == "rating"]
+    done = _synthesis_done(triggers[0], deferred=rated)
+    state, again = apply_signals(state, [(5000, done)], 0, POLICY.team)
+    assert again == []  # no loop on the same ratings
+    assert sorted(state["deferred"]) == sorted(rated)
+    more = signals_for(
+        [interaction("ri9", user="d"), feedback("rr9", "rating", "ri9", user="d")], "team:search"
+    )
+    state, later = apply_signals(state, [(5001, more[0]), (5002, more[1])], 0, POLICY.team)
+    assert [t["reason"] for t in later] == ["ratings"]
+    assert set(rated) <= {e["event_id"] for e in later[0]["evidence"]}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import gc
+
+import orjson
 
 from learnloop.api.context_cache import PrefixCache
-from processors.context import assemble, assemble_prefix, attach_examples
+from processors.context import assemble
 from processors.memory import MemoryItem
 from processors.memory_ops import next_snapshot
 from tests.unit.test_memory_ops import item, snap
@@ -15,8 +18,14 @@ def never(_: MemoryItem, __: MemoryItem) -> bool:
     return False
 
 
-def answer(prefix_cache: PrefixCache, snapshots, max_tokens: int = 800) -> dict:
-    return dict(attach_examples(prefix_cache.prefix(snapshots, max_tokens), [], max_tokens))
+def answer(prefix_cache: PrefixCache, snapshots, max_tokens: int = 800, examples=()) -> dict:
+    """The context as an agent reads it (JSON), through the cache."""
+    return orjson.loads(orjson.dumps(prefix_cache.prefix(snapshots, max_tokens).context(
+        list(examples), max_tokens)))
+
+
+def fresh(snapshots, max_tokens: int = 800, examples=()) -> dict:
+    return orjson.loads(orjson.dumps(assemble(snapshots, list(examples), max_tokens, never)))
 
 
 ALICE = {"user:alice": snap(item("user:alice", "Answer in German."), group="user:alice")}
@@ -29,7 +38,9 @@ def test_a_hit_is_byte_identical_to_assembling_afresh() -> None:
     first = answer(cache, snapshots)
     second = answer(cache, dict(reversed(list(snapshots.items()))))
     assert len(cache) == 1  # the second request was a hit
-    assert first == second == dict(assemble(snapshots, [], 800, never))
+    assert first == second == fresh(snapshots)
+    cached = cache.prefix(snapshots, 800).context([], 800)
+    assert orjson.dumps(cached) == orjson.dumps(assemble(snapshots, [], 800, never))  # same bytes
 
 
 def test_the_key_is_the_selection_and_the_budget() -> None:
@@ -71,16 +82,27 @@ def test_entries_and_characters_are_bounded() -> None:
 
 def test_zero_entries_turns_it_off() -> None:
     cache = PrefixCache(0, never)
-    assert answer(cache, TEAM) == dict(assemble(TEAM, [], 800, never))
+    assert answer(cache, TEAM) == fresh(TEAM)
     assert len(cache) == 0
 
 
-def test_the_cached_prefix_is_not_changed_by_attaching_examples() -> None:
+def test_examples_fill_what_the_cached_rules_leave() -> None:
     example = item("team:a", "Like this.", kind="preferred_example")
-    snapshots = {"team:a": next_snapshot(TEAM["team:a"], [*TEAM["team:a"]["items"], example],
-                                         "synthesis", 20)}
-    prefix = assemble_prefix(snapshots, 800, never)
-    frozen = copy.deepcopy(prefix)
-    with_example = attach_examples(prefix, [(0.9, example)], 800)
-    assert [e["item_id"] for e in with_example["examples"]] == [example["item_id"]]
-    assert prefix == frozen
+    snapshots = {
+        "team:a": next_snapshot(
+            TEAM["team:a"], [*TEAM["team:a"]["items"], example], "synthesis", 20
+        )
+    }
+    cache = PrefixCache(16, never)
+    for _ in range(2):  # a miss, then a hit: the cached entry is not changed by use
+        got = answer(cache, snapshots, examples=[(0.9, example)])
+        assert [e["item_id"] for e in got["examples"]] == [example["item_id"]]
+        assert got == fresh(snapshots, examples=[(0.9, example)])
+    assert answer(cache, snapshots) == fresh(snapshots)
+
+
+def test_cached_entries_hold_few_objects_for_the_collector() -> None:
+    many = {"team:a": snap(*(item("team:a", f"Rule {n} about topic {n}.") for n in range(60)))}
+    entry = PrefixCache(16, never).prefix(many, 4000)
+    assert entry.items == 60
+    assert not gc.is_tracked(entry.items_json) and not gc.is_tracked(entry.dropped_json)

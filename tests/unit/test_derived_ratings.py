@@ -88,18 +88,18 @@ def test_offline_synthesis_weighs_judge_ratings_like_engagement() -> None:
     def verdicts(n: int, value: int) -> list[dict]:
         return [evidence("rating", f"m{i}", {"value": value, **JUDGED}) for i in range(n)]
 
-    two = synthesizer().synthesize(trigger("team:search", verdicts(2, 1)), [], T0)
+    two = synthesizer().synthesize(trigger("user:alice", verdicts(2, 1)), [], T0)
     assert two["items"] == []
     assert {s["reason"] for s in two["skipped"]} == {"engagement_not_aggregated"}
-    three = synthesizer().synthesize(trigger("team:search", verdicts(3, 1)), [], T0)
+    three = synthesizer().synthesize(trigger("user:alice", verdicts(3, 1)), [], T0)
     [example] = three["items"]
     assert abs(example["strength"] - 3 * IMPLICIT_WEIGHT) < 1e-9
     assert example["provenance"]["derived_by"] == "llm_judge"
     # three machine verdicts against (0.9) do not outweigh one person's thumbs-up (1.0)
     person = [evidence("rating", "alice", {"value": 1})]
-    mixed = synthesizer().synthesize(trigger("team:search", person + verdicts(3, -1)), [], T0)
+    mixed = synthesizer().synthesize(trigger("user:alice", person + verdicts(3, -1)), [], T0)
     [example] = mixed["items"]
     assert example["kind"] == "preferred_example"
     assert example["provenance"]["derived_by"] == "rating"
-    four = synthesizer().synthesize(trigger("team:search", person + verdicts(4, -1)), [], T0)
+    four = synthesizer().synthesize(trigger("user:alice", person + verdicts(4, -1)), [], T0)
     assert [i["kind"] for i in four["items"]] == ["avoided_example"]

@@ -125,6 +125,7 @@ def _minimal() -> dict:
             ),
             "feedback.rating",
         ),
+        (lambda d: d["preferences"][2].update(opposes=["nobody"]), "preferences.2.opposes.0"),
         (
             lambda d: d["orgs"][0]["teams"][2]["users"][0]["prefers"][0].update(until_round=0),
             "orgs.0.teams.2.users.0.prefers.0.until_round",
@@ -191,3 +192,46 @@ def test_truth_follows_the_policy() -> None:
     assert classify("user:bob", "Meh.", truth)[0] == "unmatched"
     org = [e for e in truth.expectations if e.group.startswith("org:")]
     assert all(e.status == "proposed" for e in org)
+
+
+def test_closed_loop_agent_follows_the_rules_it_knows() -> None:
+    from learnloop.simulate.generator import Generator
+
+    scenario = load_scenario("devtools")
+    open_loop, closed = Generator(scenario), Generator(scenario)
+    first_open, first_closed = open_loop.round(), closed.round(lambda user, pref: True)
+    assert any(e.respected is False for e in first_open)
+    on_topic = [e for e in first_closed if e.event["type"] == "interaction" and e.pref]
+    assert on_topic and all(e.respected for e in on_topic)
+    assert not any(e.event["type"] == "edit" for e in first_closed)
+    # still deterministic for the same answers of ``knows``
+    again = Generator(scenario).round(lambda user, pref: True)
+    assert to_jsonl(again) == to_jsonl(first_closed)
+
+
+def test_cli_writes_a_file_and_refuses_two_destinations(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    command = [sys.executable, "-m", "learnloop", "simulate", "support", "--out", str(out)]
+    subprocess.run(command, capture_output=True, timeout=60, check=True)
+    assert out.read_bytes() == to_jsonl(generate(load_scenario("support")))
+    both = subprocess.run(
+        [*command, "--http", "http://127.0.0.1:1"], capture_output=True, timeout=60, check=False
+    )
+    assert both.returncode == 2 and b"choose one of" in both.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "learnloop", "simulate", "--list"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert b"tuning/devtools" in listed.stdout and b"evaluation/support" in listed.stdout
+
+
+def test_more_rounds_keep_the_first_ones_and_are_validated() -> None:
+    scenario = load_scenario("devtools")
+    longer = scenario.with_rounds(12)
+    assert longer.rounds == 12
+    first = [e for e in generate(longer) if e.round < scenario.rounds]
+    assert to_jsonl(first) == to_jsonl(generate(scenario))
+    with pytest.raises(ScenarioError, match="from_round"):
+        scenario.with_rounds(3)  # the web team switches in round 4

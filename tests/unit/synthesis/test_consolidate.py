@@ -142,10 +142,10 @@ def test_compatible_and_unrelated_rules_coexist() -> None:
 
 def test_an_opposite_rating_replaces_the_example_of_the_same_answer() -> None:
     liked = synthesizer().synthesize(
-        trigger("team:search", [evidence("rating", "a", {"value": 1})]), [], T0
+        trigger("user:alice", [evidence("rating", "a", {"value": 1})]), [], T0
     )["items"]
     disliked = synthesizer().synthesize(
-        trigger("team:search", [evidence("rating", "b", {"value": -1}, ts=T0 + 1)]), [], T0 + 1
+        trigger("user:alice", [evidence("rating", "b", {"value": -1}, ts=T0 + 1)]), [], T0 + 1
     )["items"]
     items, _ = consolidate(liked, disliked, T0 + 1, CONFIG, EMBEDDER)
     assert [i["kind"] for i in live(items)] == ["avoided_example"]

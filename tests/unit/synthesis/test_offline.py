@@ -174,7 +174,7 @@ def test_ratings_become_preferred_and_avoided_examples() -> None:
         evidence("rating", "carol", {"score": 1, "scale": 5}, response="use the v1 client"),
         evidence("rating", "dave", {"score": 3, "scale": 5}, response="maybe v1?"),
     ]
-    result = synthesizer().synthesize(trigger("team:search", items), [], T0)
+    result = synthesizer().synthesize(trigger("user:alice", items), [], T0)
     by_kind = {i["kind"]: i for i in result["items"]}
     assert by_kind["preferred_example"]["response"] == "Use billing.v2.Client()"
     assert by_kind["preferred_example"]["support"] == 2
@@ -187,10 +187,10 @@ def test_engagement_counts_only_in_aggregate_and_weighs_less_than_a_rating() -> 
     def copies(n: int) -> list:
         return [evidence("engagement", f"u{i}", {"kind": "copy", "value": 1}) for i in range(n)]
 
-    two = synthesizer().synthesize(trigger("team:search", copies(2)), [], T0)
+    two = synthesizer().synthesize(trigger("user:alice", copies(2)), [], T0)
     assert two["items"] == []
     assert {s["reason"] for s in two["skipped"]} == {"engagement_not_aggregated"}
-    three = synthesizer().synthesize(trigger("team:search", copies(3)), [], T0)
+    three = synthesizer().synthesize(trigger("user:alice", copies(3)), [], T0)
     [example] = three["items"]
     assert example["kind"] == "preferred_example"
     assert abs(example["strength"] - 0.9) < 1e-9  # 3 x 0.3, below one explicit rating x 3
@@ -202,7 +202,7 @@ def test_engagement_counts_only_in_aggregate_and_weighs_less_than_a_rating() -> 
         evidence("engagement", "c", {"kind": "abandon", "value": 1}),
         evidence("rating", "d", {"value": 1}),
     ]
-    mixed = synthesizer().synthesize(trigger("team:search", against), [], T0)
+    mixed = synthesizer().synthesize(trigger("user:alice", against), [], T0)
     [example] = mixed["items"]
     assert example["kind"] == "preferred_example"
     assert abs(example["strength"] - 0.1) < 1e-9
@@ -268,3 +268,23 @@ def test_previously_rejected_items_are_not_proposed_again() -> None:
     again = synthesizer().synthesize(trigger("team:search", items), [rejected], T0)
     assert rules(again) == []
     assert "previously_rejected" in {s["reason"] for s in again["skipped"]}
+
+
+def test_one_users_rated_answer_stays_out_of_the_team_until_teammates_agree() -> None:
+    """An example is shown to every member, so a team needs 3 users behind it (as a rule)."""
+    odd = [evidence("rating", "pirate", {"value": 1}, response="Arr, use the v2 client, matey")]
+    alone = synthesizer().synthesize(trigger("team:search", odd), [], T0)
+    assert alone["items"] == []
+    assert [(s["reason"], s["detail"]) for s in alone["skipped"]] == [
+        ("insufficient_support", "1 user(s) agree; an example in this scope needs 3")
+    ]
+    # the same answer, up-voted by three teammates, is the team's
+    agreed = [
+        evidence("rating", user, {"value": 1}, response="Use billing.v2.Client()")
+        for user in ("alice", "bob", "carol")
+    ]
+    [example] = synthesizer().synthesize(trigger("team:search", agreed), [], T0)["items"]
+    assert (example["kind"], example["support"]) == ("preferred_example", 3)
+    # and in the user's own group one rating is enough
+    [own] = synthesizer().synthesize(trigger("user:pirate", odd), [], T0)["items"]
+    assert own["kind"] == "preferred_example"
