@@ -106,6 +106,7 @@ class WorkerApp(faust.App):  # type: ignore[misc]
         if not self.stopping:
             return
         timeout_s = self.settings.shutdown_drain_s
+        self.in_flight.close()  # first, so no batch starts while we wait and commit
         drained = await self.in_flight.wait_idle(timeout_s)
         try:
             committed = bool(await asyncio.wait_for(consumer.commit(), timeout_s))

@@ -5,8 +5,9 @@ its table written. When the worker stops, Faust pauses the partitions and then
 (through :meth:`WorkerApp._consumer_wait_empty`) gives us the moment to wait:
 every batch already taken finishes and is acked, and the offsets are committed
 before the worker leaves its group, so a successor replays nothing that was
-processed. Batches still filling (taken from nothing yet) are left unacked and
-are read again by the next owner, which is safe: effects are idempotent.
+processed. A batch taken after that moment (one still filling when the
+partitions were paused) is not started: it stays unacked and is read again by
+the next owner, so what a stopping worker processed is exactly what it committed.
 """
 
 from __future__ import annotations
@@ -22,8 +23,18 @@ class InFlight:
         self.count = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closed = False
+        self._never = asyncio.Event()
+
+    def close(self) -> None:
+        """No batch starts from now on: what is taken later stays unacked for the successor."""
+        self._closed = True
 
     async def __aenter__(self) -> InFlight:
+        if self._closed:
+            # the worker is stopping and has committed: hold this batch (unprocessed,
+            # unacked) until Faust cancels the agent, so its offsets stay uncommitted
+            await self._never.wait()
         self.count += 1
         self._idle.clear()
         return self
