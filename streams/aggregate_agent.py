@@ -1,17 +1,14 @@
 """Agent: signals (keyed by group) -> per-group state -> synthesis triggers.
 
-Per micro-batch: decode the signals (bundles of many, or a lone control signal
-from the memory stage), fold each group's signals into its state with one
-processor call, deliver any triggers, then write each touched group once, so
-changelog traffic grows with groups touched, not with events. A signal's
-position is ``offset * POSITION_STRIDE + index`` in its message, so replays of
-the signals topic are recognised per signal, not per message.
+Per micro-batch: decode the signals, fold each group's signals into its state
+with one processor call, deliver any triggers, then write each touched group
+once, so changelog traffic grows with groups touched, not with events.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,11 +17,10 @@ import structlog
 from learnloop import metrics
 from processors.aggregate import GroupState, apply_signals
 from processors.groups import scope_of
-from processors.signals import Signal, signal_problem
+from processors.signals import Signal
 from streams.dead_letters import dead_letter
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
-from streams.signal_bundles import POSITION_STRIDE, unbundle
 
 if TYPE_CHECKING:
     from streams.app import WorkerApp
@@ -38,26 +34,28 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
     by_group: dict[str, list[tuple[int, Signal]]] = defaultdict(list)
     partitions: dict[str, int] = {}
     out: list[Outgoing] = []
-    types: Counter[str] = Counter()
     for event in events:
         message = event.message
         try:
-            decoded = unbundle(message.value)
-        except (orjson.JSONDecodeError, TypeError) as exc:
-            out.append(_bad(app, message, type(exc).__name__, message.value))
-            continue
-        base = message.offset * POSITION_STRIDE
-        for index, signal in enumerate(decoded):
-            problem = signal_problem(signal)
-            if problem is not None:
-                out.append(_bad(app, message, problem, orjson.dumps(signal)))
-                continue
+            signal: Signal = orjson.loads(message.value)
             group = signal["group"]
-            types[signal["type"]] += 1
-            by_group[group].append((base + index, signal))
-            partitions[group] = message.partition
-    for kind, count in types.items():
-        metrics.EVENTS_IN.labels(STAGE, kind).inc(count)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            out.append(
+                dead_letter(
+                    app,
+                    "bad_signal",
+                    type(exc).__name__,
+                    value=message.value,
+                    key=message.key,
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                )
+            )
+            continue
+        metrics.EVENTS_IN.labels(STAGE, signal["type"]).inc()
+        by_group[group].append((message.offset, signal))
+        partitions[group] = message.partition
     now = now_ms()
     policy_of = app.settings.policy.for_scope
     states: dict[str, GroupState] = {}
@@ -78,28 +76,11 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
             )
             out.append(Outgoing(app.triggers_topic, group.encode(), orjson.dumps(trigger)))
     await deliver(STAGE, out, app.settings.external_timeout_s)
-    await app.group_state.write_batch(
-        STAGE,
-        [(group, state, partitions[group]) for group, state in states.items()],
-        app.settings.external_timeout_s,
-    )
+    for group, state in states.items():
+        app.group_state.put(group, state, partitions[group])
     metrics.GROUPS_OWNED.set(len(app.group_state.data))
     metrics.BATCH_SIZE.labels(STAGE).observe(len(events))
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
-
-
-def _bad(app: WorkerApp, message: Any, detail: str, value: bytes) -> Outgoing:
-    """A dead letter for one undecodable message, or one bad signal inside a bundle."""
-    return dead_letter(
-        app,
-        "bad_signal",
-        detail,
-        value=value,
-        key=message.key,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-    )
 
 
 def register(app: WorkerApp) -> None:
@@ -107,9 +88,8 @@ def register(app: WorkerApp) -> None:
 
     @app.agent(app.signals_topic, name="aggregate")  # type: ignore[misc]
     async def aggregate(stream: Any) -> None:
-        # a message carries up to SIGNALS_PER_BUNDLE signals: take fewer messages
         async for events in stream.noack_take(
-            max(8, settings.batch_max_events // 100), within=settings.batch_max_wait_s
+            settings.batch_max_events, within=settings.batch_max_wait_s
         ):
             async with app.in_flight:
                 await run_isolated(app, STAGE, list(events), aggregate_batch)

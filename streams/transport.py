@@ -9,15 +9,11 @@ offset, so this transport fetches that last batch before it answers, and
 recovery is exact. It costs one extra fetch per changelog partition per
 recovery, nothing in steady state. Against a real Kafka cluster use ``kafka://``
 and none of this runs.
-
-Both transports use :class:`ContiguousCommitConsumer`, which closes a hole in
-Faust's offset commits (see its docstring).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,70 +73,6 @@ async def true_end_offsets(
     return ends
 
 
-class ContiguousCommitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's consumer, but it never commits past an offset no agent has processed.
-
-    Faust commits the first run of consecutive acked offsets, and checks that the
-    run starts at the committed position only as ``min(acked) - committed > 1``
-    and only when the committed offset is truthy. So one message missing right
-    at the committed position (a message fetched before a rebalance and skipped
-    after it as stale, to be fetched again) was committed over and lost, and with
-    committed offset 0 or unknown nothing was checked at all. Found by the
-    SIGKILL restart test: a single early-feedback event, never processed, while
-    its neighbours were. Here a run is committed only if it starts exactly at
-    the committed position; until a position is known, only if it starts at the
-    lowest offset delivered for that partition since it was assigned.
-    """
-
-    def _new_offset(self, tp: TP) -> int | None:
-        acked = self._acked[tp]
-        if acked:
-            committed = self._committed_offset.get(tp)
-            floor = committed if committed is not None else self._first_read.get(tp)
-            if floor is not None and min(acked) > floor and not self._gap.get(tp):
-                return None  # something at the head is not processed yet: wait for it
-        return super()._new_offset(tp)  # type: ignore[no-any-return]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._first_read: dict[TP, int] = {}
-        self._read_offset = _ReadOffsets(self._first_read)
-
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        """Seek to the committed offsets, and partitions with none to their beginning.
-
-        After a rebalance Faust drops the records it had fetched under the old
-        generation and seeks back to the committed offsets to read them again; but
-        aiokafka leaves a partition with no committed offset (or offset 0) where it
-        was, so those records were never read again in this process (a successor
-        started after a graceful stop missed a whole bundle of signals). The
-        beginning is what ``auto_offset_reset=earliest`` means for such a partition;
-        anything read twice is deduplicated downstream.
-        """
-        committed = await super().seek_to_committed()
-        for tp, offset in committed.items():
-            if not offset:
-                await self.seek(tp, 0)
-        return committed  # type: ignore[no-any-return]
-
-
-class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
-    """Faust's per-partition read offsets, also remembering the first one since assignment."""
-
-    def __init__(self, first: dict[TP, int]) -> None:
-        super().__init__(lambda: None)
-        self.first = first
-
-    def __setitem__(self, tp: TP, offset: int | None) -> None:
-        if offset is not None and tp not in self.first:
-            self.first[tp] = offset
-        super().__setitem__(tp, offset)
-
-    def pop(self, tp: TP, *default: Any) -> Any:  # revoked: forget it
-        self.first.pop(tp, None)
-        return super().pop(tp, *default)
-
-
 class TrueEndOffsetsConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread with high watermarks that count records, not batches."""
 
@@ -150,7 +82,7 @@ class TrueEndOffsetsConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await true_end_offsets(bootstrap, reported)
 
 
-class Consumer(ContiguousCommitConsumer):
+class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return TrueEndOffsetsConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -159,9 +91,3 @@ class Transport(faust_aiokafka.Transport):
     """Registered as the ``tansu`` Faust transport (see pyproject entry points)."""
 
     Consumer = Consumer
-
-
-class KafkaTransport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with the contiguous-commit consumer (``kafka://``)."""
-
-    Consumer = ContiguousCommitConsumer
