@@ -49,7 +49,7 @@ from processors.synthesis.base import (
 )
 from processors.synthesis.diff import describe_edit
 from processors.synthesis.guard import injection_reason
-from processors.synthesis.text import contradiction, rule_key, to_imperative
+from processors.synthesis.text import contradiction, is_chatter, rule_key, to_imperative
 
 ENGAGEMENT_WEIGHT: Final = IMPLICIT_WEIGHT
 MIN_ENGAGEMENT_SIGNALS: Final = MIN_IMPLICIT_SIGNALS
@@ -208,7 +208,12 @@ class OfflineSynthesizer:
                 continue
             rule = to_imperative(text)
             if not rule:
-                skipped.append(skip(ev, "not_actionable", "no instruction in the explanation"))
+                detail = (
+                    "a reaction (thanks, sentiment, hedging), not an instruction"
+                    if is_chatter(text)
+                    else "no instruction in the explanation"
+                )
+                skipped.append(skip(ev, "not_actionable", detail))
                 continue
             entries.append((ev, rule))
         if not entries:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
-from processors.embedding import GENERIC, content_tokens, stem, words
+from processors.embedding import GENERIC, STOPWORDS, content_tokens, stem, words
 
 MAX_RULE_WORDS: Final = 30
 
@@ -179,6 +179,57 @@ _RETIRED_THING: Final = re.compile(
 )
 
 
+# Words that react to an answer without saying what to do differently: acknowledgements,
+# interjections, praise and complaint adjectives, hedges, the speaker's own thinking or
+# plans. A clause made only of these (and frame words such as "use" or "not") is chatter:
+# it may rate the answer, but it carries no instruction to turn into a rule. Words that
+# name a preference dimension ("short", "formal", "simple", "friendly") are *not* here.
+_REACTION_TEXT: Final = """
+    meh lol lmao rofl haha hahaha heh hehe wow whoa ah aha huh hm hmm hmmm ugh eh oops yay
+    yikes ouch welp k kk alright yes yep yup ya nope nah sure thx ty cheers gotcha noted
+    understood agreed cool nice neat sweet awesome great fine fair enough true indeed exactly
+    wonderful lovely brilliant excellent fantastic amazing perfect superb terrible awful
+    horrible poor weird strange odd boring interesting impressive impressed surprising
+    surprised disappointing disappointed confusing confused mediocre decent solid useful
+    useless helpful unhelpful whatever dunno idk unsure maybe perhaps probably possibly guess
+    think thought know knew wonder suppose believe feel felt expect expected unexpected idea
+    opinion later tomorrow soon sometime eventually anyway anyways kinda sorta bit kind sort
+    pretty somewhat little lot much stuff let see mind decide consider bother care matter
+    works worked tbh imo imho ngl honestly frankly lmk
+    i'll i'd i'm that's what's let's we'll we're you'll there's
+"""
+_REACTION_WORDS: Final[frozenset[str]] = frozenset(_REACTION_TEXT.split())
+_LAUGH_RE: Final = re.compile(r"^(?:(?:ha|he|hi)+h?|lo+l|hm+|u+gh|a+h+|o+h+|w+o+w+)$")
+# "I'll check later", "let me think": the speaker's own next step, not one for the agent
+_SPEAKER_PLAN: Final = re.compile(
+    r"^(?:i'll|i will|i'm going to|i am going to|let me|i (?:need|have|want) to (?:think|check"
+    r"|look|see|read|test|try|decide|consider|ponder|digest|sleep))\b",
+    re.IGNORECASE,
+)
+
+
+def is_chatter(text: str) -> bool:
+    """True when ``text`` only reacts (thanks, "meh", "not sure about this one", "I'll check
+    later") and gives no instruction or preference a rule could carry."""
+    text = re.sub(r"\s+", " ", text.replace("\u2019", "'")).strip()
+    clauses = [c.strip(" ,.!?;:-") for c in _SENTENCE_SPLIT.split(text)]
+    clauses = [c for c in clauses if c]
+    return all(_clause_is_chatter(c) for c in clauses)
+
+
+def _clause_is_chatter(clause: str) -> bool:
+    body, _, _ = _strip_leading(clause)
+    if _SPEAKER_PLAN.match(body.strip()):
+        return True
+    for word in words(body):
+        if word in STOPWORDS or word == "not" or stem(word) in GENERIC:
+            continue
+        if word in _REACTION_WORDS or _LAUGH_RE.match(word):
+            continue
+        return False
+    return True
+
+
 def _past_to_imperative(text: str) -> str:
     head, _, rest = text.partition(" ")
     lower = head.lower()
@@ -260,7 +311,7 @@ def to_imperative(text: str, max_words: int = MAX_RULE_WORDS) -> str:
             described.append(mistake)
             continue
         imperative = _clause_to_imperative(clause)
-        if imperative and _has_content(imperative):
+        if imperative and _has_content(imperative) and not _clause_is_chatter(clause):
             kept.append(imperative.rstrip(".!?;, "))
         if len(kept) == 2:
             break
