@@ -49,6 +49,21 @@ def _is_words(tokens: list[str]) -> bool:
     return any(t[0].isalnum() for t in tokens)
 
 
+def _one_rewording(replaced: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The one rewording behind every replacement, if there is one: "v1" -> "v2" explains
+    both "v1 client" -> "v2 client" and "billing.v1" -> "billing.v2"."""
+    for old, new in sorted(replaced, key=lambda pair: (len(pair[0]), pair[0].lower())):
+        if len(old.split()) > MAX_SUBSTITUTION_WORDS or len(new.split()) > MAX_SUBSTITUTION_WORDS:
+            continue
+        whole = re.compile(r"(?<![A-Za-z0-9])" + re.escape(old.lower()) + r"(?![A-Za-z0-9])")
+        swap = new.lower().replace("\\", "\\\\")
+        if all(
+            whole.search(a.lower()) and whole.sub(swap, a.lower()) == b.lower() for a, b in replaced
+        ):
+            return (old, new)
+    return None
+
+
 def describe_edit(original: str, edited: str) -> EditDiff:
     """Explain ``original`` -> ``edited`` from the words that changed."""
     a, b = _tokens(original), _tokens(edited)
@@ -70,16 +85,11 @@ def describe_edit(original: str, edited: str) -> EditDiff:
     word_ops = [op for op in ops if _is_words(a[op[1] : op[2]]) or _is_words(b[op[3] : op[4]])]
     if not word_ops:
         return EditDiff("Punctuation changed.", None, kept_ratio, len(ops))
-    pairs = {
-        (_phrase(a[i1:i2]).lower(), _phrase(b[j1:j2]).lower())
-        for tag, i1, i2, j1, j2 in word_ops
-        if tag == "replace"
-    }
     substitution: tuple[str, str] | None = None
-    if len(pairs) == 1 and all(op[0] == "replace" for op in word_ops):
-        _, i1, i2, j1, j2 = word_ops[0]
-        if i2 - i1 <= MAX_SUBSTITUTION_WORDS and j2 - j1 <= MAX_SUBSTITUTION_WORDS:
-            substitution = (_phrase(a[i1:i2]), _phrase(b[j1:j2]))
+    if all(op[0] == "replace" for op in word_ops):
+        substitution = _one_rewording(
+            [(_phrase(a[i1:i2]), _phrase(b[j1:j2])) for _, i1, i2, j1, j2 in word_ops]
+        )
     # the largest changes first, then in reading order
     ranked = sorted(word_ops, key=lambda op: (-max(op[2] - op[1], op[4] - op[3]), op[1]))
     chosen = sorted(ranked[:MAX_PARTS], key=lambda op: op[1])

@@ -26,7 +26,14 @@ from hashlib import blake2b
 from typing import Any, Final
 
 from processors.aggregate import Trigger
-from processors.embedding import Embedder, cosine_matrix, normalise
+from processors.embedding import (
+    GENERIC,
+    Embedder,
+    content_tokens,
+    cosine_matrix,
+    normalise,
+    stem,
+)
 from processors.memory import ItemKind, MemoryItem
 from processors.policy import ScopePolicy
 from processors.ratings import (
@@ -128,8 +135,9 @@ class OfflineSynthesizer:
             by_type.setdefault(str(evidence.get("type", "")), []).append(evidence)
         items: list[MemoryItem] = []
         explanations = by_type.pop("explanation", [])
-        items += self._explanations(trigger, policy, explanations, now_ms, skipped)
-        items += self._edits(trigger, policy, by_type.pop("edit", []), now_ms, skipped)
+        edits = by_type.pop("edit", [])
+        items += self._explanations(trigger, policy, explanations, edits, now_ms, skipped)
+        items += self._edits(trigger, policy, edits, now_ms, skipped)
         feedback = by_type.pop("rating", []) + by_type.pop("engagement", [])
         items += self._examples(trigger, policy, feedback, now_ms, skipped)
         tool_evidence = by_type.pop("interaction", []) + by_type.pop("tool_call", [])
@@ -193,9 +201,17 @@ class OfflineSynthesizer:
         trigger: Trigger,
         policy: ScopePolicy,
         evidence: list[Evidence],
+        edits: list[Evidence],
         now_ms: int,
         skipped: list[dict[str, Any]],
     ) -> list[MemoryItem]:
+        """Rules from clusters of explanations.
+
+        An edit's diff ("Add 'a local experiences tour'") joins the clustering as support
+        from its user: the people who fixed an answer by hand hold the preference as much
+        as those who explained it. A cluster needs at least one explanation to become a
+        rule (an edit's wording is no instruction), and its text is an explanation's.
+        """
         entries: list[tuple[Evidence, str]] = []
         for ev in evidence:
             text = str(ev["payload"].get("text") or "")
@@ -218,11 +234,28 @@ class OfflineSynthesizer:
             entries.append((ev, rule))
         if not entries:
             return []
+        explained = len(entries)
+        entries += _edit_entries(edits)
         rules = [rule for _, rule in entries]
         vectors = self.embedder.embed(rules)
         sims = cosine_matrix(vectors)
+
+        def short_of_policy(members: list[int]) -> bool:
+            support, users = capped_support([entries[i][0] for i in members], policy)
+            return users < policy.min_users or support < policy.min_evidence
+
         proposals: list[tuple[MemoryItem, list[Evidence]]] = []
-        for members in cluster(sims, rules, self.cluster_threshold):
+        clusters = join_by_anchor(
+            cluster(sims, rules, self.cluster_threshold),
+            sims,
+            rules,
+            self.cluster_threshold,
+            short_of_policy,
+        )
+        for members in clusters:
+            spoken = [i for i in members if i < explained]
+            if not spoken:
+                continue  # edits only: their corrections and substitutions come from _edits
             group = [entries[i][0] for i in members]
             support, users = capped_support(group, policy)
             if users < policy.min_users or support < policy.min_evidence:
@@ -230,9 +263,9 @@ class OfflineSynthesizer:
                     f"{users} user(s), support {support:g}; the {trigger['scope']} scope needs "
                     f"{policy.min_users} user(s) and support {policy.min_evidence}"
                 )
-                skipped += [skip(ev, "insufficient_support", detail) for ev in group]
+                skipped += [skip(entries[i][0], "insufficient_support", detail) for i in spoken]
                 continue
-            text = rules[_most_central(members, sims, rules)]
+            text = rules[_most_central(spoken, sims, rules)]
             prov = provenance(
                 group,
                 synthesizer=self.name,
@@ -604,6 +637,86 @@ def cluster(sims: list[list[float]], texts: list[str], threshold: float) -> list
                 veto[c].discard(b)
                 veto[c].add(a)
     return sorted((sorted(m) for m in members.values()), key=lambda m: m[0])
+
+
+def _edit_entries(edits: list[Evidence]) -> list[tuple[Evidence, str]]:
+    """(edit, its diff's explanation) for edits that add, remove or reword some words."""
+    out: list[tuple[Evidence, str]] = []
+    for ev in edits:
+        original, edited = ev["payload"].get("original"), ev["payload"].get("edited")
+        if not isinstance(original, str) or not isinstance(edited, str):
+            continue
+        if injection_reason(edited) is not None:
+            continue
+        diff = describe_edit(original, edited)
+        if diff.changes and diff.explanation.startswith(("Prefer ", "Add ", "Leave out ")):
+            out.append((ev, diff.explanation))
+    return out
+
+
+# verbs and adverbs that frame an instruction to an assistant without naming its subject:
+# two rules that share only "suggest" or "always" are not about the same thing
+_FRAME_TEXT: Final = (
+    "suggest recommend include write give provide mention list explain describe quote say"
+    " tell talk speak offer end finish start begin stick follow return send only every"
+    " never ever still now here forgot remember mean"
+)
+_FRAME_WORDS: Final = frozenset(stem(w) for w in _FRAME_TEXT.split())
+
+
+def _anchors(text: str) -> frozenset[str]:
+    """The words naming what a rule is about (not its frame: "use", "suggest", "not")."""
+    return frozenset(
+        t for t in content_tokens(text) if t not in GENERIC and t not in _FRAME_WORDS and t != "not"
+    )
+
+
+def join_by_anchor(
+    clusters: list[list[int]],
+    sims: list[list[float]],
+    texts: list[str],
+    threshold: float,
+    short_of_policy: Callable[[list[int]], bool],
+) -> list[list[int]]:
+    """Give clusters too small for the policy a second chance: join one to the closest
+    cluster whose every member shares a word with every member of it ("Give Terraform code."
+    and "Use Terraform instead of clicking in the console."), if on average they are at
+    least half as similar as clustering requires and no pair contradicts.
+
+    Bag-of-words similarity undervalues a short paraphrase of a long sentence, so the
+    people who said one thing in different lengths end up in clusters that each lack
+    support; the shared anchor word is what they all name.
+    """
+    groups = [list(m) for m in clusters]
+    anchors = [_anchors(t) for t in texts]
+    while True:
+        best: tuple[float, int, int] | None = None
+        for x, small in enumerate(groups):
+            if not short_of_policy(small):
+                continue
+            for y, other in enumerate(groups):
+                if x == y:
+                    continue
+                shared = frozenset.intersection(*(anchors[i] for i in small + other))
+                if not shared:
+                    continue
+                average = sum(sims[i][j] for i in small for j in other) / (len(small) * len(other))
+                if average < threshold / 2:
+                    continue
+                if any(
+                    contradiction(texts[i], texts[j]) or contradiction(texts[j], texts[i])
+                    for i in small
+                    for j in other
+                ):
+                    continue
+                if best is None or average > best[0] + 1e-12:
+                    best = (average, x, y)
+        if best is None:
+            break
+        _, x, y = best
+        groups[x] = sorted(groups[x] + groups[y])
+        del groups[y]
+    return sorted(groups, key=lambda m: m[0])
 
 
 def _merge_same_ids(items: list[MemoryItem]) -> list[MemoryItem]:
