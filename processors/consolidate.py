@@ -54,6 +54,7 @@ class ConsolidationConfig:
     detect_contradictions: bool = True
     # a low cosine floor: the structural check (same objects, or the same subject with an
     # exclusive value such as a language) is what decides; this only skips unrelated pairs
+    # (not for exclusive values: "Euros." and "Prices in Swiss francs." share no word)
     contradiction_threshold: float = 0.1
     decay_half_life_ms: int = 30 * DAY_MS
     decay_min_step: float = 0.05  # apply (and report) decay once it is 5% or more
@@ -171,10 +172,14 @@ def _contradicted(
         for item in live:
             if item["kind"] != candidate["kind"] or item["item_id"] == candidate["item_id"]:
                 continue
-            if vectors.similarity(candidate["text"], item["text"]) < config.contradiction_threshold:
-                continue
             reason = contradiction(candidate["text"], item["text"])
-            if reason is not None:
+            if reason is None:
+                continue
+            # another value of an exclusive choice decides on its own: "Euros." and "Prices
+            # in Swiss francs." share no word, yet the second replaces the first
+            exclusive = reason.startswith("exclusive_choice:")
+            similarity = vectors.similarity(candidate["text"], item["text"])
+            if exclusive or similarity >= config.contradiction_threshold:
                 found.append((item, reason))
     found.sort(key=lambda pair: _order(pair[0]))
     return found

@@ -32,7 +32,6 @@ from processors.embedding import (
     content_tokens,
     cosine_matrix,
     normalise,
-    stem,
 )
 from processors.memory import ItemKind, MemoryItem
 from processors.policy import ScopePolicy
@@ -56,7 +55,13 @@ from processors.synthesis.base import (
 )
 from processors.synthesis.diff import describe_edit
 from processors.synthesis.guard import injection_reason
-from processors.synthesis.text import contradiction, is_chatter, rule_key, to_imperative
+from processors.synthesis.text import (
+    FRAME_WORDS,
+    contradiction,
+    is_chatter,
+    rule_key,
+    to_imperative,
+)
 
 ENGAGEMENT_WEIGHT: Final = IMPLICIT_WEIGHT
 MIN_ENGAGEMENT_SIGNALS: Final = MIN_IMPLICIT_SIGNALS
@@ -654,20 +659,10 @@ def _edit_entries(edits: list[Evidence]) -> list[tuple[Evidence, str]]:
     return out
 
 
-# verbs and adverbs that frame an instruction to an assistant without naming its subject:
-# two rules that share only "suggest" or "always" are not about the same thing
-_FRAME_TEXT: Final = (
-    "suggest recommend include write give provide mention list explain describe quote say"
-    " tell talk speak offer end finish start begin stick follow return send only every"
-    " never ever still now here forgot remember mean"
-)
-_FRAME_WORDS: Final = frozenset(stem(w) for w in _FRAME_TEXT.split())
-
-
 def _anchors(text: str) -> frozenset[str]:
     """The words naming what a rule is about (not its frame: "use", "suggest", "not")."""
     return frozenset(
-        t for t in content_tokens(text) if t not in GENERIC and t not in _FRAME_WORDS and t != "not"
+        t for t in content_tokens(text) if t not in GENERIC and t not in FRAME_WORDS and t != "not"
     )
 
 

@@ -160,7 +160,9 @@ _EXCLUSIVE: Final[dict[str, frozenset[str]]] = {
         "length": "short long",
         "units": "metric imperial",
         "temperature": "celsius fahrenheit",
-        "currency": "euro euros eur dollar dollars usd gbp pound pounds yen",
+        "currency": "euro euros eur dollar dollars usd gbp pound pounds sterling yen jpy swiss"
+        " franc francs chf yuan renminbi rmb cny rupee rupees inr krona kronor krone kroner sek"
+        " nok dkk zloty pln",
         "spelling": "british american",
         "js_package_manager": "npm pnpm yarn bun",
         "py_package_manager": "pip poetry uv pipenv conda",
@@ -169,6 +171,14 @@ _EXCLUSIVE: Final[dict[str, frozenset[str]]] = {
     }.items()
 }
 _VERSION_RE: Final = re.compile(r"^v\d+(?:\.\d+)*$")
+# verbs and adverbs that frame an instruction to an assistant without naming its subject:
+# "Stick to npm." and "Use pnpm now." are about the same thing, the package manager
+_FRAME_TEXT: Final = (
+    "suggest recommend include write give provide mention list explain describe quote say"
+    " tell talk speak offer end finish start begin stick follow return send only every"
+    " never ever still now here forgot remember mean switch switched moved"
+)
+FRAME_WORDS: Final = frozenset(stem(w) for w in _FRAME_TEXT.split())
 _TOO_RE: Final = re.compile(r"\btoo\s+(?:much\s+|many\s+)?([\w-]+)", re.IGNORECASE)
 _CLAUSE_SPLIT: Final = re.compile(r"[,;:]|\s(?:and|but|so)\s|\s-\s|\(|\)", re.IGNORECASE)
 # "v1 is deprecated": a statement that something is to be avoided, without a "not"
@@ -416,7 +426,9 @@ def contradiction(new: str, old: str) -> str | None:
             other = dict(b.choices).get(name)
             if other is None or other & values:
                 continue
-            same_subject = (not a.rest and not b.rest) or _overlap(a.rest, b.rest) >= 0.5
+            # a bare choice ("Euros.", "Use pnpm now.") is about the whole dimension
+            a_rest, b_rest = a.rest - FRAME_WORDS, b.rest - FRAME_WORDS
+            same_subject = not a_rest or not b_rest or _overlap(a_rest, b_rest) >= 0.5
             if same_subject:
                 return f"exclusive_choice:{name}"
     return None
