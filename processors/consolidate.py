@@ -28,7 +28,7 @@ from typing import Final, Literal, TypedDict
 from processors.embedding import Embedder, cosine, normalise
 from processors.memory import MemoryItem
 from processors.synthesis.base import KIND_ORDER, MAX_EVENT_IDS, MAX_USER_IDS
-from processors.synthesis.text import contradiction
+from processors.synthesis.text import contradiction, exclusive_values, rule_shape
 
 DAY_MS: Final = 86_400_000
 LIVE: Final = frozenset({"active", "proposed"})
@@ -36,6 +36,15 @@ EXAMPLE_KINDS: Final = frozenset({"preferred_example", "avoided_example"})
 RULE_KINDS: Final = frozenset({"rule", "tool_rule"})
 
 ChangeAction = Literal["added", "merged", "superseded", "retired", "evicted", "decayed"]
+# rated answers it takes to call a rule's choice outdated: down-votes of answers using
+# its value, and up-votes of answers using another value of the same kind
+MIN_RATED_AGAINST: Final = 2
+MIN_RATED_FOR_OTHER: Final = 1
+# kinds whose values an answer names only when it uses them ("140 euros", "run pnpm add");
+# not "length" or "time", whose words ("a short walk", "a local guide") come up anyway
+NAMED_CHOICES: Final = frozenset(
+    {"currency", "language", "js_package_manager", "py_package_manager", "units", "temperature"}
+)
 
 
 class Change(TypedDict):
@@ -185,6 +194,51 @@ def _contradicted(
     return found
 
 
+def _other_choice(a: MemoryItem, b: MemoryItem) -> bool:
+    """Two examples whose answers name different exclusive values ("140 euros" and "150
+    dollars") are different examples, however alike their wording: merging them would
+    count a vote about one value as a vote about the other."""
+    if a["kind"] not in EXAMPLE_KINDS:
+        return False
+    return exclusive_values(a.get("response") or "") != exclusive_values(b.get("response") or "")
+
+
+def _outdated_by_ratings(live: list[MemoryItem]) -> list[tuple[MemoryItem, str]]:
+    """Rules whose exclusive choice the group's own ratings now reject.
+
+    A preference can change without anyone saying so: the people who asked for euros
+    start rating answers in euros down and answers in Swiss francs up. A rule picking a
+    value (a currency, a language, a package manager) is retired when, since its last
+    support, at least ``MIN_RATED_AGAINST`` poorly received answers used its value and
+    ``MIN_RATED_FOR_OTHER`` well received ones used another value of the same kind and not
+    its own. Nothing replaces it (ratings name no instruction); a new explanation will.
+    """
+    examples = [i for i in live if i["kind"] in EXAMPLE_KINDS and i.get("response")]
+    out: list[tuple[MemoryItem, str]] = []
+    for item in live:
+        if item["kind"] != "rule" or item["provenance"].get("derived_by") == "manual":
+            continue
+        for name, chosen in rule_shape(item["text"]).choices:
+            if name not in NAMED_CHOICES:
+                continue
+            newer = [e for e in examples if e["last_support_ms"] > item["last_support_ms"]]
+            against = for_other = 0
+            for example in newer:
+                values = exclusive_values(example.get("response") or "").get(name, frozenset())
+                if example["kind"] == "avoided_example" and values & chosen:
+                    against += example["support"]
+                elif example["kind"] == "preferred_example" and values and not values & chosen:
+                    for_other += example["support"]
+            if against >= MIN_RATED_AGAINST and for_other >= MIN_RATED_FOR_OTHER:
+                note = (
+                    f"retired: since its last support, {against} rated-down answer(s) used "
+                    f"{'/'.join(sorted(chosen))} and {for_other} rated-up answer(s) another {name}"
+                )
+                out.append((item, note))
+                break
+    return out
+
+
 def _revive(candidate: MemoryItem, old: MemoryItem) -> None:
     """A retired or superseded item got new support: the candidate continues its history."""
     candidate["created_ms"] = old["created_ms"]
@@ -289,7 +343,7 @@ def consolidate(
             continue
         best: tuple[float, str, MemoryItem] | None = None
         for item in live:
-            if item["kind"] != candidate["kind"]:
+            if item["kind"] != candidate["kind"] or _other_choice(candidate, item):
                 continue
             similarity = vectors.similarity(candidate["text"], item["text"])
             if similarity >= config.merge_threshold and (
@@ -307,6 +361,15 @@ def consolidate(
         added.add(candidate["item_id"])
         detail = candidate.get("note") or f"new {candidate['kind']}: {_short(candidate['text'])}"
         changes.append({"item_id": candidate["item_id"], "action": "added", "detail": detail})
+
+    for item, note in _outdated_by_ratings(live):
+        item["status"] = "retired"
+        item["updated_ms"] = now_ms
+        item["note"] = note
+        live.remove(item)
+        history.append(item)
+        added.discard(item["item_id"])
+        changes.append({"item_id": item["item_id"], "action": "retired", "detail": note})
 
     # caps: the weakest (then least recently supported, then oldest) go first
     tokens = sum(i["tokens"] for i in live)

@@ -397,6 +397,13 @@ def rule_shape(text: str) -> RuleShape:
     )
 
 
+def exclusive_values(text: str) -> dict[str, frozenset[str]]:
+    """The values of exclusive choices ``text`` mentions at all, by kind ("currency": {"euro"})."""
+    tokens = frozenset(content_tokens(text))
+    found = {name: tokens & values for name, values in _EXCLUSIVE.items()}
+    return {name: values for name, values in found.items() if values}
+
+
 def _negated(clause: str) -> bool:
     tokens = words(clause)
     return "not" in tokens or "without" in tokens or bool(_RETIRED_THING.search(clause))
