@@ -15,9 +15,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
+from processors.embedding import content_tokens
 from processors.groups import scope_of
 from processors.policy import ScopePolicy
-from processors.ratings import believed_weight, is_derived, polarity, rating_fraction
+from processors.ratings import (
+    believed_weight,
+    is_derived,
+    is_implicit,
+    polarity,
+    rating_fraction,
+)
 from processors.signals import Signal
 from processors.sketch import add as sketch_add
 from processors.sketch import estimate, new_sketch
@@ -38,6 +45,19 @@ class Trigger(TypedDict):
     requires_approval: bool
     evidence: list[dict[str, Any]]
     stats: dict[str, Any]
+
+
+class LiveChoice(TypedDict):
+    """One exclusive choice a live rule makes: its kind, the values it picked, all values."""
+
+    kind: str
+    chosen: list[str]
+    values: list[str]
+
+
+# ratings against a live rule's choice it takes to re-synthesise at once: answers using the
+# chosen value rated down, and answers using another value of the same kind rated up
+MIN_RATED_AGAINST_RULE = 2
 
 
 class GroupState(TypedDict):
@@ -65,6 +85,9 @@ class GroupState(TypedDict):
     # evidence a synthesis left for later (a cluster below the scope's policy); it counts
     # again only together with fresh evidence, so a wide group accumulates support
     deferred: NotRequired[list[str]]
+    # the exclusive choices the group's live rules make ("currency": chose "euro" of all
+    # currencies), sent back by the memory stage after each synthesis
+    live_choices: NotRequired[list[LiveChoice]]
     rated: list[dict[str, Any]]
     windows: list[list[int]]
     last_event_ms: int
@@ -200,6 +223,16 @@ def _control(state: GroupState, signal: Signal) -> None:
         state["deferred"] = [
             e["event_id"] for e in (*state["evidence"], *state["rated"]) if e["event_id"] in kept
         ]
+        if "live_choices" in payload:
+            state["live_choices"] = [
+                {
+                    "kind": str(c.get("kind")),
+                    "chosen": [str(v) for v in c.get("chosen", ())],
+                    "values": [str(v) for v in c.get("values", ())],
+                }
+                for c in payload["live_choices"]
+                if isinstance(c, dict)
+            ]
     elif signal["type"] == FORGET_USER:
         user = payload.get("user_id")
         state["evidence"] = [e for e in state["evidence"] if e["user_id"] != user]
@@ -306,6 +339,56 @@ def _downvote_jump(state: GroupState, now_ms: int, policy: ScopePolicy) -> bool:
     return r_down / (r_up + r_down) - o_down / (o_up + o_down) >= policy.downvote_rate_jump
 
 
+def _against_live_rule(item: dict[str, Any], choices: list[LiveChoice]) -> bool:
+    """A person's rating that goes against a live rule's choice: an answer using the chosen
+    value rated down, or one using another value of the same kind (and not the chosen one)
+    rated up. Engagement and derived ratings are guesses and never count here."""
+    if is_implicit(item) or not isinstance(item.get("response"), str):
+        return False
+    value = polarity(str(item["type"]), item.get("payload"))
+    if value not in (1, -1):
+        return False
+    tokens = frozenset(content_tokens(item["response"]))
+    for choice in choices:
+        named = tokens & frozenset(choice["values"])
+        chosen = named & frozenset(choice["chosen"])
+        if (value == -1 and chosen) or (value == 1 and named and not chosen):
+            return True
+    return False
+
+
+def _rated_against_rule(state: GroupState, deferred: set[str], policy: ScopePolicy) -> bool:
+    """Enough fresh ratings contradict a live rule's exclusive choice to re-synthesise now,
+    below the generic ratings weight: a preference that changed without anyone saying so
+    shows first as votes against the rule that still steers the answers."""
+    choices = state.get("live_choices") or []
+    if not choices:
+        return False
+    against = [e for e in state["rated"] if _against_live_rule(e, choices)]
+    if not any(e["event_id"] not in deferred for e in against):
+        return False
+    users = {e["user_id"] for e in against}
+    return len(against) >= MIN_RATED_AGAINST_RULE and len(users) >= policy.min_users
+
+
+def _said_against_rule(state: GroupState, deferred: set[str]) -> bool:
+    """A fresh explanation naming another value of a live rule's choice ("answer in Spanish"
+    where a rule says French): synthesise now, even below the scope's support, so the rule's
+    supporters who changed their mind can withdraw their support."""
+    choices = state.get("live_choices") or []
+    for item in state["evidence"]:
+        if item["type"] != "explanation" or item["event_id"] in deferred:
+            continue
+        text = (item.get("payload") or {}).get("text")
+        if not isinstance(text, str):
+            continue
+        tokens = frozenset(content_tokens(text))
+        for choice in choices:
+            if (tokens & frozenset(choice["values"])) - frozenset(choice["chosen"]):
+                return True
+    return False
+
+
 def _failing_tool(state: GroupState, policy: ScopePolicy) -> str | None:
     for name, (calls, failures) in sorted(state["tools"].items()):
         if calls >= policy.min_tool_calls and failures / calls >= policy.tool_failure_rate:
@@ -338,6 +421,10 @@ def decide_trigger(
         and len(raters) >= policy.min_users
     ):
         return "ratings"
+    if _rated_against_rule(state, deferred, policy):
+        return "rated_against_rule"
+    if _said_against_rule(state, deferred):
+        return "explained_against_rule"
     if _downvote_jump(state, now_ms, policy):
         return "downvote_rate_jump"
     failing = _failing_tool(state, policy)

@@ -23,12 +23,12 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Final, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
 from processors.embedding import Embedder, cosine, normalise
 from processors.memory import MemoryItem
 from processors.synthesis.base import KIND_ORDER, MAX_EVENT_IDS, MAX_USER_IDS
-from processors.synthesis.text import contradiction, exclusive_values, rule_shape
+from processors.synthesis.text import choice_values, contradiction, exclusive_values, rule_shape
 
 DAY_MS: Final = 86_400_000
 LIVE: Final = frozenset({"active", "proposed"})
@@ -45,6 +45,14 @@ MIN_RATED_FOR_OTHER: Final = 1
 NAMED_CHOICES: Final = frozenset(
     {"currency", "language", "js_package_manager", "py_package_manager", "units", "temperature"}
 )
+
+
+class Statement(TypedDict):
+    """Something a person said in the trigger's evidence (an explanation), for withdrawals."""
+
+    user_id: str
+    text: str
+    timestamp: int
 
 
 class Change(TypedDict):
@@ -239,6 +247,83 @@ def _outdated_by_ratings(live: list[MemoryItem]) -> list[tuple[MemoryItem, str]]
     return out
 
 
+def statements_of(evidence: Sequence[dict[str, Any]]) -> list[Statement]:
+    """The explanations in a trigger's evidence, as :class:`Statement` values."""
+    out: list[Statement] = []
+    for item in evidence:
+        text = (item.get("payload") or {}).get("text")
+        if item.get("type") == "explanation" and isinstance(text, str) and item.get("user_id"):
+            out.append(
+                {
+                    "user_id": str(item["user_id"]),
+                    "text": text,
+                    "timestamp": int(item.get("timestamp") or 0),
+                }
+            )
+    return out
+
+
+def _withdrawn(
+    live: list[MemoryItem], statements: Sequence[Statement], min_users: int
+) -> list[tuple[MemoryItem, str]]:
+    """Rules left without the support their scope needs after supporters changed their mind.
+
+    A rule choosing an exclusive value ("Answer in French.") stands on the people behind
+    it. When one of them later asks for another value of the same choice ("answer in
+    Spanish not French"), that person no longer supports it; if fewer than the scope's
+    ``min_users`` remain, the rule is retired even though the new value has too little
+    support to replace it yet (a team rule made by three people must not outlive two of
+    them asking for something else). Nothing replaces it until the new value has support.
+    """
+    out: list[tuple[MemoryItem, str]] = []
+    for item in live:
+        if item["kind"] != "rule" or item["provenance"].get("derived_by") == "manual":
+            continue
+        choices = [(n, c) for n, c in rule_shape(item["text"]).choices if n in NAMED_CHOICES]
+        if not choices:
+            continue
+        supporters = set(item["provenance"]["user_ids"])
+        reversed_by: dict[str, str] = {}
+        for said in statements:
+            if said["user_id"] not in supporters or said["timestamp"] <= item["last_support_ms"]:
+                continue
+            wanted = dict(rule_shape(said["text"]).choices)
+            for name, chosen in choices:
+                other = wanted.get(name, frozenset())
+                if other and not other & chosen:
+                    reversed_by[said["user_id"]] = "/".join(sorted(other))
+        if not reversed_by:
+            continue
+        left = len(supporters - set(reversed_by))
+        if left < min_users:
+            who = ", ".join(f"{u} now asks for {v}" for u, v in sorted(reversed_by.items()))
+            note = (
+                f"retired: support withdrawn ({who}); {left} supporter(s) left, "
+                f"the scope needs {min_users}"
+            )
+            out.append((item, note))
+    return out
+
+
+def live_choices(items: Sequence[MemoryItem]) -> list[dict[str, Any]]:
+    """The exclusive choices the live rules make that :func:`_outdated_by_ratings` can
+    check, for the aggregation stage: ratings against one of them re-synthesise sooner."""
+    out: dict[tuple[str, frozenset[str]], dict[str, Any]] = {}
+    for item in items:
+        if item["kind"] != "rule" or item["status"] not in LIVE:
+            continue
+        if item["provenance"].get("derived_by") == "manual":
+            continue
+        for name, chosen in rule_shape(item["text"]).choices:
+            if name in NAMED_CHOICES:
+                out[(name, chosen)] = {
+                    "kind": name,
+                    "chosen": sorted(chosen),
+                    "values": sorted(choice_values(name)),
+                }
+    return [out[key] for key in sorted(out, key=lambda k: (k[0], sorted(k[1])))]
+
+
 def _revive(candidate: MemoryItem, old: MemoryItem) -> None:
     """A retired or superseded item got new support: the candidate continues its history."""
     candidate["created_ms"] = old["created_ms"]
@@ -290,8 +375,15 @@ def consolidate(
     now_ms: int,
     config: ConsolidationConfig,
     embedder: Embedder,
+    statements: Sequence[Statement] = (),
+    min_users: int = 1,
 ) -> tuple[list[MemoryItem], list[Change]]:
-    """The group's new item list (live first, deterministic order) and what changed."""
+    """The group's new item list (live first, deterministic order) and what changed.
+
+    ``statements`` are the explanations in the evidence behind ``candidates``; a rule whose
+    supporters ask for another value of its choice loses their support (``min_users`` is
+    the group's scope policy), see :func:`_withdrawn`.
+    """
     groups = {i["group"] for i in current} | {i["group"] for i in candidates}
     if len(groups) > 1:
         raise ValueError(f"consolidate works on one group at a time, got {sorted(groups)}")
@@ -362,7 +454,13 @@ def consolidate(
         detail = candidate.get("note") or f"new {candidate['kind']}: {_short(candidate['text'])}"
         changes.append({"item_id": candidate["item_id"], "action": "added", "detail": detail})
 
-    for item, note in _outdated_by_ratings(live):
+    retiring = _outdated_by_ratings(live)
+    retiring += [
+        (item, note)
+        for item, note in _withdrawn(live, statements, min_users)
+        if all(item is not other for other, _ in retiring)
+    ]
+    for item, note in retiring:
         item["status"] = "retired"
         item["updated_ms"] = now_ms
         item["note"] = note

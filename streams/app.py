@@ -25,8 +25,8 @@ from learnloop import metrics
 from learnloop.codec import make_codec
 from learnloop.embeddings import make_embedder
 from learnloop.settings import Settings
-from processors.aggregate import AggregateLimits
-from processors.consolidate import Change, ConsolidationConfig, consolidate
+from processors.aggregate import AggregateLimits, Trigger
+from processors.consolidate import Change, ConsolidationConfig, consolidate, statements_of
 from processors.embedding import Embedder
 from processors.join import JoinConfig
 from processors.judging import JudgeConfig
@@ -63,9 +63,8 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     synthesizer: Synthesizer
     consolidation_config: ConsolidationConfig
     embedder: Embedder
-    consolidate: Callable[
-        [list[MemoryItem], list[MemoryItem], int], tuple[list[MemoryItem], list[Change]]
-    ]
+    #: (current, candidates, now, trigger or None) -> the next items and what changed
+    consolidate: Callable[..., tuple[list[MemoryItem], list[Change]]]
     #: set once partitions are assigned and table recovery has finished
     ready: asyncio.Event
     #: join-slot keys known to hold feedback waiting for its interaction
@@ -241,9 +240,23 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     )
 
     def consolidate_items(
-        current: list[MemoryItem], candidates: list[MemoryItem], now: int
+        current: list[MemoryItem],
+        candidates: list[MemoryItem],
+        now: int,
+        trigger: Trigger | None = None,
     ) -> tuple[list[MemoryItem], list[Change]]:
-        return consolidate(current, candidates, now, config, embedder)
+        if trigger is None:
+            return consolidate(current, candidates, now, config, embedder)
+        policy = settings.policy.for_scope(trigger["scope"])
+        return consolidate(
+            current,
+            candidates,
+            now,
+            config,
+            embedder,
+            statements=statements_of(trigger["evidence"]),
+            min_users=policy.min_users,
+        )
 
     app.consolidate = consolidate_items
     app.consolidation_config = config

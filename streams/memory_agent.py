@@ -23,6 +23,7 @@ from learnloop import metrics
 from learnloop.embeddings import embed_off_loop
 from learnloop.synthesis.errors import SynthesisUnavailable
 from processors.aggregate import FORGET_USER, SYNTHESIS_DONE, Trigger
+from processors.consolidate import live_choices
 from processors.memory import MemoryCommand, Snapshot
 from processors.memory_ops import apply_command, empty_snapshot, next_snapshot
 from processors.signals import Signal
@@ -87,13 +88,15 @@ async def _synthesize(
             (llm.max_total_s if llm else 120.0) + 10,
         )
         items, changes = await embed_off_loop(
-            app.embedder, lambda: app.consolidate(current["items"], result["items"], now), budget_s
+            app.embedder,
+            lambda: app.consolidate(current["items"], result["items"], now, trigger),
+            budget_s,
         )
     else:
 
         def work() -> tuple[Any, tuple[list[Any], list[Any]]]:
             found = synthesizer.synthesize(trigger, current["items"], now)
-            return found, app.consolidate(current["items"], found["items"], now)
+            return found, app.consolidate(current["items"], found["items"], now, trigger)
 
         # a dense or remote embedder runs in a thread with a deadline, never on the loop
         result, (items, changes) = await embed_off_loop(app.embedder, work, budget_s)
@@ -176,6 +179,7 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
                             "version": snapshot["version"],
                             "evidence_ids": evidence_ids,
                             "deferred_ids": deferred_ids,
+                            "live_choices": live_choices(snapshot["items"]),
                         },
                         now,
                     ),

@@ -397,6 +397,11 @@ def rule_shape(text: str) -> RuleShape:
     )
 
 
+def choice_values(name: str) -> frozenset[str]:
+    """Every value of the exclusive choice ``name`` ("currency": euro, dollar, …), stemmed."""
+    return _EXCLUSIVE.get(name, frozenset())
+
+
 def exclusive_values(text: str) -> dict[str, frozenset[str]]:
     """The values of exclusive choices ``text`` mentions at all, by kind ("currency": {"euro"})."""
     tokens = frozenset(content_tokens(text))

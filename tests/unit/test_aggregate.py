@@ -222,3 +222,86 @@ def test_deferred_ratings_do_not_refire_until_a_fresh_rating() -> None:
     state, later = apply_signals(state, [(5001, more[0]), (5002, more[1])], 0, POLICY.team)
     assert [t["reason"] for t in later] == ["ratings"]
     assert set(rated) <= {e["event_id"] for e in later[0]["evidence"]}
+
+
+def test_ratings_against_a_live_rule_resynthesise_below_the_ratings_weight() -> None:
+    """Two down-votes of answers using the value a live rule chose ("euros") re-synthesise
+    the user's group at once, though two ratings are far below the generic ratings weight:
+    votes against the rule that steers the answers are how an unspoken change shows."""
+    from processors.consolidate import live_choices
+    from processors.memory import MemoryItem
+
+    group = "user:gaia"
+
+    def rated(n: int, response: str, value: int):
+        events = [
+            interaction(f"gi{n}", user="gaia", query="hotel price?", response=response),
+            feedback(f"gr{n}", "rating", f"gi{n}", user="gaia", value=value),
+        ]
+        return signals_for(events, group)
+
+    euro_rule: MemoryItem = {  # type: ignore[typeddict-item]
+        "item_id": "r1",
+        "group": group,
+        "kind": "rule",
+        "status": "active",
+        "text": "Quote prices in euros.",
+        "provenance": {"derived_by": "explanation_cluster"},
+    }
+    choices = live_choices([euro_rule])
+    assert choices and choices[0]["kind"] == "currency" and choices[0]["chosen"] == ["euro"]
+    state, _ = apply_signals(None, list(enumerate(rated(0, "Hi.", 1), start=7000)), 0, POLICY.user)
+    done = {
+        "signal_id": "done-g",
+        "event_id": "done-g",
+        "type": "_synthesis_done",
+        "group": group,
+        "user_id": None,
+        "timestamp": 1,
+        "origin": None,
+        "payload": {"trigger_id": state["in_flight"], "version": 1, "live_choices": choices},
+        "flags": [],
+    }
+    state, _ = apply_signals(state, [(7100, done)], 0, POLICY.user)
+    # one vote against is not enough; an unrelated down-vote does not count
+    state, none = apply_signals(
+        state,
+        list(
+            enumerate(
+                rated(1, "The hotel is 140 euros per night.", -1) + rated(2, "No.", -1), start=7200
+            )
+        ),
+        0,
+        POLICY.user,
+    )
+    assert none == []
+    state, fired = apply_signals(
+        state, list(enumerate(rated(3, "The tour is 90 euros.", -1), start=7300)), 0, POLICY.user
+    )
+    assert [t["reason"] for t in fired] == ["rated_against_rule"]
+
+
+def test_an_explanation_naming_another_value_of_a_live_choice_triggers_at_once() -> None:
+    """One member asking for Spanish where the team's live rule says French fires a team
+    synthesis although one user is below the team's policy: the rule's supporters may be
+    withdrawing their support."""
+    sigs = _explanations(["a", "b", "c"], start=500)
+    state, triggers = apply_signals(None, list(enumerate(sigs, start=8000)), 0, POLICY.team)
+    done = _synthesis_done(triggers[0], deferred=[])
+    done["payload"]["live_choices"] = [
+        {"kind": "language", "chosen": ["french"], "values": ["french", "spanish", "english"]}
+    ]
+    state, again = apply_signals(state, [(8100, done)], 0, POLICY.team)
+    assert again == []
+    same = signals_for(
+        [interaction("ls1"), feedback("ls2", "explanation", "ls1", user="a", text="French!")],
+        "team:search",
+    )
+    state, none = apply_signals(state, list(enumerate(same, start=8200)), 0, POLICY.team)
+    assert none == []
+    other = signals_for(
+        [interaction("ls3"), feedback("ls4", "explanation", "ls3", user="a", text="Spanish now")],
+        "team:search",
+    )
+    state, fired = apply_signals(state, list(enumerate(other, start=8300)), 0, POLICY.team)
+    assert [t["reason"] for t in fired] == ["explained_against_rule"]

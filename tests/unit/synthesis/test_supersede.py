@@ -127,3 +127,52 @@ def test_examples_naming_different_values_are_not_merged_as_near_duplicates() ->
     items, changes = consolidate(items, second, T0 + 1, CONFIG, EMBEDDER)
     assert sorted(i["response"] for i in items if i["status"] == "active") == [euros, dollars]
     assert not any(c["action"] == "merged" for c in changes)
+
+
+def _said(user: str, text: str, ts: int) -> dict[str, Any]:
+    return {"user_id": user, "text": text, "timestamp": ts}
+
+
+def test_a_team_rule_loses_support_when_its_supporters_ask_for_another_value() -> None:
+    """Three people made the team's French rule; one now asks for Spanish. Spanish has too
+    little support for a team rule, yet the French one no longer has the three it needs."""
+    group = "team:tier2"
+    french = rule("Answer in French.", group=group, at=T0, users=["eli", "fatima", "gus"])
+    said = [_said("eli", "we switched to Spanish, answer in Spanish not French", T0 + DAY_MS)]
+    items, changes = consolidate(
+        [french], [], T0 + DAY_MS, CONFIG, EMBEDDER, statements=said, min_users=3
+    )
+    assert items[0]["status"] == "retired"
+    assert "support withdrawn" in (items[0].get("note") or "")
+    assert [c["action"] for c in changes] == ["retired"]
+
+
+@pytest.mark.parametrize(
+    ("user", "text", "at"),
+    [
+        ("zoe", "answer in Spanish please", T0 + DAY_MS),  # not one of its supporters
+        ("eli", "answer in French, not Spanish", T0 + DAY_MS),  # the same value
+        ("eli", "Spanish please", T0 - DAY_MS),  # before the rule's last support
+        ("eli", "shorter answers please", T0 + DAY_MS),  # about something else
+    ],
+)
+def test_support_is_withdrawn_only_by_a_supporter_asking_for_another_value_later(
+    user: str, text: str, at: int
+) -> None:
+    group = "team:tier2"
+    french = rule("Answer in French.", group=group, at=T0, users=["eli", "fatima", "gus"])
+    items, _ = consolidate(
+        [french], [], T0 + DAY_MS, CONFIG, EMBEDDER, statements=[_said(user, text, at)], min_users=3
+    )
+    assert items[0]["status"] == "active"
+
+
+def test_a_rule_with_enough_supporters_left_stays() -> None:
+    group = "team:tier2"
+    users = ["eli", "fatima", "gus", "hal"]
+    french = rule("Answer in French.", group=group, at=T0, users=users)
+    said = [_said("eli", "Spanish please", T0 + DAY_MS)]
+    items, _ = consolidate(
+        [french], [], T0 + DAY_MS, CONFIG, EMBEDDER, statements=said, min_users=3
+    )
+    assert items[0]["status"] == "active"
