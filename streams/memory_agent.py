@@ -41,7 +41,12 @@ MAX_RETRY_DELAY_S = 300.0
 MAX_REMEMBERED_INPUTS = 64
 # evidence below the scope's policy stays in the group's state to meet later evidence
 DEFERRABLE = frozenset(
-    {"insufficient_support", "substitution_below_policy", "tool_failures_below_policy"}
+    {
+        "insufficient_support",
+        "substitution_below_policy",
+        "insertion_below_policy",
+        "tool_failures_below_policy",
+    }
 )
 
 

@@ -16,6 +16,8 @@ from typing import Final
 MAX_PHRASE_WORDS: Final = 8
 MAX_PARTS: Final = 3
 MAX_SUBSTITUTION_WORDS: Final = 4
+MAX_INSERTION_WORDS: Final = 12
+_LEADING_GLUE: Final = frozenset({"and", "or", "also", "plus", "with", "then", ",", ";", "-"})
 _TOKEN_RE: Final = re.compile(r"\w+(?:[-'./:@]\w+)*|[^\w\s]")
 
 
@@ -27,21 +29,24 @@ class EditDiff:
     substitution: tuple[str, str] | None  # (old phrase, new phrase)
     kept_ratio: float  # share of the original's words the edit kept
     changes: int
+    # the phrase an edit only inserted (one place, no other change), without a leading
+    # conjunction or article: "a local experiences tour" from "… and a local experiences tour"
+    insertion: str | None = None
 
 
 def _tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
-def _phrase(tokens: list[str]) -> str:
+def _phrase(tokens: list[str], limit: int = MAX_PHRASE_WORDS) -> str:
     text = ""
     for piece in tokens:
         punct = len(piece) == 1 and not piece.isalnum() and piece not in "([{\"'"
         glue = not text or punct
         text += piece if glue else " " + piece
     words = text.split()
-    if len(words) > MAX_PHRASE_WORDS:
-        text = " ".join(words[:MAX_PHRASE_WORDS]) + "\u2026"
+    if len(words) > limit:
+        text = " ".join(words[:limit]) + "\u2026"
     return text.replace("'", "\u2019")
 
 
@@ -90,6 +95,14 @@ def describe_edit(original: str, edited: str) -> EditDiff:
         substitution = _one_rewording(
             [(_phrase(a[i1:i2]), _phrase(b[j1:j2])) for _, i1, i2, j1, j2 in word_ops]
         )
+    insertion: str | None = None
+    if len(word_ops) == 1 and word_ops[0][0] == "insert":
+        _, _, _, j1, j2 = word_ops[0]
+        inserted = b[j1:j2]
+        while inserted and inserted[0].lower() in _LEADING_GLUE:
+            inserted = inserted[1:]
+        if inserted and len(inserted) <= MAX_INSERTION_WORDS:
+            insertion = _phrase(inserted, MAX_INSERTION_WORDS).rstrip(",;:.- ")
     # the largest changes first, then in reading order
     ranked = sorted(word_ops, key=lambda op: (-max(op[2] - op[1], op[4] - op[3]), op[1]))
     chosen = sorted(ranked[:MAX_PARTS], key=lambda op: op[1])
@@ -110,4 +123,6 @@ def describe_edit(original: str, edited: str) -> EditDiff:
     more = len(word_ops) - len(chosen)
     if more > 0:
         text += f" (and {more} more change{'s' if more > 1 else ''})"
-    return EditDiff(text[0].upper() + text[1:] + ".", substitution, kept_ratio, len(word_ops))
+    return EditDiff(
+        text[0].upper() + text[1:] + ".", substitution, kept_ratio, len(word_ops), insertion
+    )

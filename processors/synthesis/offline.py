@@ -64,8 +64,14 @@ from processors.synthesis.text import (
 )
 
 ENGAGEMENT_WEIGHT: Final = IMPLICIT_WEIGHT
+LIVE_STATUSES: Final = frozenset({"active", "proposed"})
+# content words an inserted phrase must share with a rule to count as already covered by it
+COVERED_OVERLAP: Final = 2
 MIN_ENGAGEMENT_SIGNALS: Final = MIN_IMPLICIT_SIGNALS
 _TOOL_NAME_RE: Final = re.compile(r"[^A-Za-z0-9_.:\-]")
+_PLACEHOLDER_RE: Final = re.compile(
+    r"\[\s*[A-Z_]+\s*\]"
+)  # what redaction left: [EMAIL], [REDACTED]
 
 Evidence = dict[str, Any]
 
@@ -142,7 +148,11 @@ class OfflineSynthesizer:
         explanations = by_type.pop("explanation", [])
         edits = by_type.pop("edit", [])
         items += self._explanations(trigger, policy, explanations, edits, now_ms, skipped)
-        items += self._edits(trigger, policy, edits, now_ms, skipped)
+        covered = [i["text"] for i in items if i["kind"] == "rule"]
+        covered += [
+            i["text"] for i in current if i["kind"] == "rule" and i["status"] in LIVE_STATUSES
+        ]
+        items += self._edits(trigger, policy, edits, now_ms, skipped, covered)
         feedback = by_type.pop("rating", []) + by_type.pop("engagement", [])
         items += self._examples(trigger, policy, feedback, now_ms, skipped)
         tool_evidence = by_type.pop("interaction", []) + by_type.pop("tool_call", [])
@@ -301,8 +311,11 @@ class OfflineSynthesizer:
         evidence: list[Evidence],
         now_ms: int,
         skipped: list[dict[str, Any]],
+        covered: Sequence[str] = (),
     ) -> list[MemoryItem]:
         corrections: dict[str, list[Evidence]] = {}
+        insertions: dict[str, list[Evidence]] = {}
+        inserted: dict[str, str] = {}
         details: dict[str, tuple[str, str, str, str | None]] = {}
         substitutions: dict[tuple[str, str], list[Evidence]] = {}
         wording: dict[tuple[str, str], tuple[str, str]] = {}
@@ -329,6 +342,9 @@ class OfflineSynthesizer:
                 sub_key = (old.lower(), new.lower())
                 substitutions.setdefault(sub_key, []).append(ev)
                 wording.setdefault(sub_key, (old, new))
+            elif diff.insertion is not None and _general_phrase(diff.insertion):
+                insertions.setdefault(diff.insertion.lower(), []).append(ev)
+                inserted.setdefault(diff.insertion.lower(), diff.insertion)
         items: list[MemoryItem] = []
         for key, group in corrections.items():
             explanation, original, edited, query = details[key]
@@ -363,25 +379,59 @@ class OfflineSynthesizer:
             old, new = wording[sub_key]
             text = f"Use '{new}' instead of '{old}'."
             items.append(
-                new_item(
-                    trigger,
-                    "rule",
-                    f"substitution:{sub_key[0]}>{sub_key[1]}",
-                    text,
-                    strength=support,
-                    support=int(support),
-                    now_ms=now_ms,
-                    prov=provenance(
-                        group,
-                        synthesizer=self.name,
-                        prompt_version=self.prompt_version,
-                        derived_by="edit_diff",
-                        trigger=trigger,
-                    ),
-                    supported_ms=last_support_ms(group, now_ms),
+                self._edit_rule(
+                    trigger, f"substitution:{sub_key[0]}>{sub_key[1]}", text, group, support, now_ms
                 )
             )
+        for phrase_key, group in sorted(insertions.items()):
+            support, users = capped_support(group, policy)
+            if users < policy.min_users or support < policy.min_evidence:
+                detail = f"insertion rule needs {policy.min_users} user(s); has {users}"
+                skipped += [skip(ev, "insertion_below_policy", detail) for ev in group]
+                continue
+            phrase = inserted[phrase_key]
+            words = set(content_tokens(phrase)) - GENERIC
+            rival = next(
+                (t for t in covered if len(words & set(content_tokens(t))) >= COVERED_OVERLAP),
+                None,
+            )
+            if rival is not None:
+                detail = f"already covered by the rule '{_short(rival)}'"
+                skipped += [skip(ev, "insertion_covered", detail) for ev in group]
+                continue
+            text = f"Include {phrase}."
+            items.append(
+                self._edit_rule(trigger, f"insertion:{phrase_key}", text, group, support, now_ms)
+            )
         return items
+
+    def _edit_rule(
+        self,
+        trigger: Trigger,
+        key: str,
+        text: str,
+        group: list[Evidence],
+        support: float,
+        now_ms: int,
+    ) -> MemoryItem:
+        """A rule edits made on their own (a substitution, or a repeated insertion)."""
+        return new_item(
+            trigger,
+            "rule",
+            key,
+            text,
+            strength=support,
+            support=int(support),
+            now_ms=now_ms,
+            prov=provenance(
+                group,
+                synthesizer=self.name,
+                prompt_version=self.prompt_version,
+                derived_by="edit_diff",
+                trigger=trigger,
+            ),
+            supported_ms=last_support_ms(group, now_ms),
+        )
 
     # -- ratings and engagement -> examples ----------------------------------------
 
@@ -531,6 +581,15 @@ class OfflineSynthesizer:
             if str(ev["event_id"]) not in used:
                 skipped.append(skip(ev, "tool_failures_below_policy"))
         return items
+
+
+def _general_phrase(phrase: str) -> bool:
+    """An inserted phrase that can be a rule: it names something (a content word beyond the
+    generic ones), is no reaction, and holds no digits or redacted values, which tie it to
+    one answer (a ticket number, a price, a date, an address)."""
+    if any(ch.isdigit() for ch in phrase) or _PLACEHOLDER_RE.search(phrase) or is_chatter(phrase):
+        return False
+    return bool(set(content_tokens(phrase)) - GENERIC)
 
 
 def _strongest_of_contradictions(

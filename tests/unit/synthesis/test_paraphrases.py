@@ -56,9 +56,10 @@ def test_an_edit_supports_the_rule_its_author_did_not_explain() -> None:
     [rule] = [i for i in result["items"] if i["kind"] == "rule"]
     assert "packing list" in rule["text"].lower()
     assert rule["provenance"]["distinct_users"] == 3
-    # the edit alone is never a rule's wording, nor a rule by itself
+    # the edit's diff is never a clustered rule's wording; alone, in its author's own group,
+    # the phrase it inserted is a rule of its own (see test_insertions.py)
     alone = synthesizer().synthesize(trigger("user:cy", items[2:]), [], T0)
-    assert rules(alone) == []
+    assert rules(alone) == ["Include Packing list: sunscreen, hat."]
 
 
 def test_a_rewording_repeated_in_several_tokens_is_one_substitution() -> None:
