@@ -131,7 +131,7 @@ def new_state(group: str) -> GroupState:
         "tools": {},
         "negatives": 0,
         "contributors": {},
-        "contributors_sketch": new_sketch(),
+        "contributors_sketch": [],  # started when the contributors map is full
         "distinct_contributors": 0,
         "evidence": [],
         "rated": [],
@@ -252,18 +252,25 @@ def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
     bucket = _window(state, signal["timestamp"], limits)
     bucket[1] += 1
     user = signal["user_id"]
-    sketch_add(state["contributors_sketch"], user)
-    if user in state["contributors"]:
-        state["contributors"][user] += 1
-    elif len(state["contributors"]) < limits.max_contributors:
-        state["contributors"][user] = 1
-    # exact while every contributor fits in the map, estimated beyond it
-    if len(state["contributors"]) < limits.max_contributors:
-        state["distinct_contributors"] = len(state["contributors"])
+    contributors = state["contributors"]
+    if user in contributors:
+        contributors[user] += 1
+    elif len(contributors) < limits.max_contributors:
+        contributors[user] = 1
+    # exact while every contributor fits in the map, estimated beyond it; the sketch
+    # starts (seeded with the map) only when the map is full, so the many small
+    # groups do not carry and rewrite 256 registers on every write
+    sketch = state["contributors_sketch"]
+    if not sketch and len(contributors) >= limits.max_contributors:
+        sketch.extend(new_sketch())
+        for known in contributors:
+            sketch_add(sketch, known)
+    if sketch:
+        sketch_add(sketch, user)
+    if len(contributors) < limits.max_contributors:
+        state["distinct_contributors"] = len(contributors)
     else:
-        state["distinct_contributors"] = max(
-            len(state["contributors"]), estimate(state["contributors_sketch"])
-        )
+        state["distinct_contributors"] = max(len(contributors), estimate(sketch))
     if kind == "rating":
         if payload.get("value") is None:
             fraction = rating_fraction(None, payload.get("score"), payload.get("scale"))

@@ -127,6 +127,9 @@ def _base64ish(match: re.Match[str]) -> str:
     return SECRET if classes == 3 and sum(c.isdigit() for c in text) >= 3 else text
 
 
+_MEMO_SIZE = 16_384
+
+
 class Redactor:
     """Built-in patterns plus configured ones, compiled once."""
 
@@ -145,13 +148,22 @@ class Redactor:
             (_PHONE_RE, _phone),
         ]
         self.steps = tuple(steps)
+        # a group's pending evidence is redacted again at each of its triggers
+        self._seen: dict[str, str] = {}
 
     def __call__(self, text: str) -> str:
         """``text`` with every match replaced by its placeholder."""
+        done = self._seen.get(text)
+        if done is not None:
+            return done
+        original = text
         for pattern in self.extra:
             text = pattern.sub(REDACTED, text)
         for pattern, replacement in self.steps:
             text = pattern.sub(replacement, text)
+        if len(self._seen) >= _MEMO_SIZE:
+            self._seen.clear()
+        self._seen[original] = text
         return text
 
 

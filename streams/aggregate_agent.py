@@ -8,7 +8,7 @@ once, so changelog traffic grows with groups touched, not with events.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,6 +34,7 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
     by_group: dict[str, list[tuple[int, Signal]]] = defaultdict(list)
     partitions: dict[str, int] = {}
     out: list[Outgoing] = []
+    types: Counter[str] = Counter()
     for event in events:
         message = event.message
         try:
@@ -53,14 +54,16 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
                 )
             )
             continue
-        metrics.EVENTS_IN.labels(STAGE, signal["type"]).inc()
+        types[signal["type"]] += 1
         by_group[group].append((message.offset, signal))
         partitions[group] = message.partition
+    for kind, count in types.items():
+        metrics.EVENTS_IN.labels(STAGE, kind).inc(count)
     now = now_ms()
     policy_of = app.settings.policy.for_scope
     states: dict[str, GroupState] = {}
     for group, signals in by_group.items():
-        before = app.group_state.get(group)
+        before = app.group_state.snapshot(group)
         state, triggers = apply_signals(
             before, signals, now, policy_of(scope_of(group)), app.aggregate_limits
         )
@@ -76,8 +79,11 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
             )
             out.append(Outgoing(app.triggers_topic, group.encode(), orjson.dumps(trigger)))
     await deliver(STAGE, out, app.settings.external_timeout_s)
-    for group, state in states.items():
-        app.group_state.put(group, state, partitions[group])
+    await app.group_state.write_batch(
+        STAGE,
+        [(group, state, partitions[group]) for group, state in states.items()],
+        app.settings.external_timeout_s,
+    )
     metrics.GROUPS_OWNED.set(len(app.group_state.data))
     metrics.BATCH_SIZE.labels(STAGE).observe(len(events))
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)

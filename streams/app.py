@@ -73,6 +73,8 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     judge_slots: dict[str, int]
     #: micro-batches taken and not yet acked (see streams/draining.py)
     in_flight: InFlight
+    #: held by a join batch or the expiry timer while it changes join slots
+    join_lock: asyncio.Lock
     stopping: bool = False
 
     async def on_stop(self) -> None:
@@ -264,6 +266,7 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.pending_slots = set()
     app.judge_slots = {}
     app.in_flight = InFlight()
+    app.join_lock = asyncio.Lock()
 
     from streams import aggregate_agent, decay_timer, join_agent, lag, memory_agent, web
 

@@ -253,8 +253,11 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
     if deferred and len(deferred) == len(events):
         await asyncio.sleep(DEFERRED_PAUSE_S)  # only deferred triggers: do not spin
     await deliver(STAGE, out + deferred, app.settings.external_timeout_s)
-    for group, (partition, state) in touched.items():
-        app.memory.put(group, state, partition)
+    await app.memory.write_batch(
+        STAGE,
+        [(group, state, partition) for group, (partition, state) in touched.items()],
+        app.settings.external_timeout_s,
+    )
     metrics.BATCH_SIZE.labels(STAGE).observe(len(events))
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
 

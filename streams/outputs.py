@@ -31,7 +31,7 @@ PERMANENT_ERRORS = (MessageSizeTooLargeError, UnsupportedVersionError, TypeError
 class Outgoing:
     topic: faust.TopicT
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None only for a table tombstone
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     partition: int | None = None
 
@@ -42,16 +42,28 @@ async def deliver(
     """Send every record and wait for all acknowledgements, retrying transient failures.
 
     Raises only for :data:`PERMANENT_ERRORS`; the caller isolates the culprit.
+
+    Records go straight to the app's producer (Faust's transport producer, a thin
+    layer over aiokafka's ``send``) rather than through ``Topic.send``: the topic
+    layer's per-message bookkeeping (future messages, callbacks, sensors) was a
+    large share of the worker's time, and none of it is needed here because every
+    send is awaited below. The worker creates its topics at start.
     """
     if not records:
         return
+    producer = records[0].topic.app.producer
     attempt = 0
     while True:
         try:
             async with asyncio.timeout(timeout_s):
                 futures = [
-                    await r.topic.send(
-                        key=r.key, value=r.value, headers=r.headers, partition=r.partition
+                    await producer.send(
+                        r.topic.get_topic_name(),
+                        r.key,
+                        r.value,
+                        r.partition,
+                        None,
+                        r.headers or None,
                     )
                     for r in records
                 ]

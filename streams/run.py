@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import faust
 import structlog
@@ -12,6 +13,25 @@ from learnloop.topics import ensure_topics
 from streams.app import create_app
 
 log = structlog.get_logger(__name__)
+
+#: allocations between young-generation collections (CPython's default is 700)
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect less often, and never again scan what start-up loaded.
+
+    A micro-batch allocates tens of thousands of short-lived dicts and strings
+    (decoded events, signals, JSON), so with CPython's default threshold the
+    cyclic collector ran thousands of times per second and each run also walked
+    the long-lived tables: measured on the pure join, 30-50% of its time.
+    ``gc.freeze()`` moves everything loaded so far (modules, Faust, settings) out
+    of the collector's sight; a larger young generation makes collections rare
+    and cheap. Reference counting still frees almost everything immediately.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
 
 
 def run_worker(settings: Settings, bootstrap: str | None = None) -> None:
@@ -36,5 +56,6 @@ def run_worker(settings: Settings, bootstrap: str | None = None) -> None:
         override_logging=False,
         console_port=None,
     )
+    tune_gc()
     log.info("worker starting", app_id=settings.app_id, broker=str(app.conf.broker[0]))
     worker.execute_from_commandline()

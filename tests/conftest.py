@@ -149,7 +149,7 @@ def workers(stack_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         process.stop()
 
 
-async def _read_table(bootstrap: str, topic: str, partitions: int) -> dict[str, Any]:
+async def _read_records(bootstrap: str, topic: str, partitions: int) -> list[Any]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
     )
@@ -158,7 +158,7 @@ async def _read_table(bootstrap: str, topic: str, partitions: int) -> dict[str, 
         parts = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
-        table: dict[str, Any] = {}
+        records: list[Any] = []
         empty = 0
         while empty < 3:
             batch = await consumer.getmany(timeout_ms=200)
@@ -166,24 +166,38 @@ async def _read_table(bootstrap: str, topic: str, partitions: int) -> dict[str, 
                 empty += 1
                 continue
             empty = 0
-            for records in batch.values():
-                for record in records:
-                    key = _table_key(record.key)
-                    if record.value is None:
-                        table.pop(key, None)
-                    else:
-                        table[key] = orjson.loads(record.value)
-        return table
+            for chunk in batch.values():
+                records.extend(chunk)
+        return records
     finally:
         await consumer.stop()
+
+
+def read_records(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every record of a topic, from the beginning (aiokafka ConsumerRecords)."""
+    return asyncio.run(_read_records(bootstrap, topic, partitions))
+
+
+def read_table(bootstrap: str, topic: str, partitions: int) -> dict[str, Any]:
+    """The latest value per key of a table's changelog topic."""
+    return _as_table(read_records(bootstrap, topic, partitions))
+
+
+def _as_table(records: list[Any]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for record in records:
+        key = _table_key(record.key)
+        if record.value is None:
+            table.pop(key, None)
+        else:
+            table[key] = orjson.loads(record.value)
+    return table
 
 
 def read_group_states(env: dict[str, str]) -> dict[str, Any]:
     """The latest value per group in the workers' group-state changelog."""
     topic = changelog_topic(env["LEARNLOOP_APP_ID"], "group-state")
-    return asyncio.run(
-        _read_table(env["LEARNLOOP_KAFKA_BOOTSTRAP"], topic, int(env["LEARNLOOP_PARTITIONS"]))
-    )
+    return read_table(env["LEARNLOOP_KAFKA_BOOTSTRAP"], topic, int(env["LEARNLOOP_PARTITIONS"]))
 
 
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.5) -> Any:

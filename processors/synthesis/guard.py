@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Final
 
 _ZERO_WIDTH: Final = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
@@ -68,6 +69,7 @@ def _clean(text: str) -> str:
     return re.sub(r"[ \t]+", " ", text)
 
 
+@lru_cache(maxsize=16_384)  # a group's pending evidence is checked again at each trigger
 def injection_reason(text: str) -> str | None:
     """The first injection shape ``text`` matches (a label), or None if it reads as feedback."""
     cleaned = _clean(text)

@@ -420,6 +420,7 @@ def _overlap(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b)
 
 
+@lru_cache(maxsize=65_536)  # clustering asks it for every similar pair, every trigger
 def contradiction(new: str, old: str) -> str | None:
     """Why rule ``new`` contradicts rule ``old`` ("negation", "reversed_preference",
     "exclusive_choice:<kind>"), or None when they can both hold."""

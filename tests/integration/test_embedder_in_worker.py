@@ -7,7 +7,6 @@ worker's event loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from learnloop.api.group_view import changelog_topic
-from tests.conftest import _read_table, wait_until
+from tests.conftest import read_table, wait_until
 from tests.integration.streams_helpers import emit
 from tests.integration.test_embeddings_endpoint import DIM, FakeEmbeddings, server, status
 
@@ -71,7 +70,7 @@ def test_rule_is_learned_through_the_endpoint_after_an_outage(
     topic = changelog_topic(stack_env["LEARNLOOP_APP_ID"], "memory")
 
     def learned() -> list[dict[str, Any]]:
-        table = asyncio.run(_read_table(stack_env["LEARNLOOP_KAFKA_BOOTSTRAP"], topic, 4))
+        table = read_table(stack_env["LEARNLOOP_KAFKA_BOOTSTRAP"], topic, 4)
         items = table.get("user:alice", {}).get("snapshot", {}).get("items", [])
         return [i for i in items if i["kind"] == "rule" and "v2" in i["text"]]
 

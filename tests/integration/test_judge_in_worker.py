@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from learnloop.api.group_view import changelog_topic
 from schemas import EventCodec
-from tests.conftest import _read_table, read_group_states, wait_until
+from tests.conftest import read_group_states, read_table, wait_until
 from tests.integration.streams_helpers import emit
 from tests.integration.test_llm_synthesizer import (  # the loopback chat-completions server
     MODEL,
@@ -146,7 +146,7 @@ def test_a_hanging_judge_holds_up_nothing_and_loses_nothing(
     memory = changelog_topic(stack_env["LEARNLOOP_APP_ID"], "memory")
 
     def learned() -> bool:
-        table = asyncio.run(_read_table(bootstrap, memory, 4))
+        table = read_table(bootstrap, memory, 4)
         items = table.get("user:bob", {}).get("snapshot", {}).get("items", [])
         return any("v2" in i["text"] for i in items)
 

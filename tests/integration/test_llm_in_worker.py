@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 
 import pytest
 
 from learnloop.api.group_view import changelog_topic
-from tests.conftest import _read_table, wait_until
+from tests.conftest import read_table, wait_until
 from tests.integration.streams_helpers import emit
 from tests.integration.test_llm_synthesizer import (  # the loopback chat-completions server
     MODEL,
@@ -87,7 +86,7 @@ def test_outage_defers_the_trigger_and_the_rule_arrives_later(
     topic = changelog_topic(env["LEARNLOOP_APP_ID"], "memory")
 
     def learned() -> bool:
-        table = asyncio.run(_read_table(env["LEARNLOOP_KAFKA_BOOTSTRAP"], topic, 4))
+        table = read_table(env["LEARNLOOP_KAFKA_BOOTSTRAP"], topic, 4)
         items = table.get("user:alice", {}).get("snapshot", {}).get("items", [])
         return any(
             i["text"] == RULE and i["provenance"]["synthesizer"] == f"llm:{MODEL}" for i in items

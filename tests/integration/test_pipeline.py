@@ -8,12 +8,19 @@ import time
 import pytest
 
 from tests.conftest import read_group_states, wait_until
-from tests.integration.streams_helpers import actual_counts, emit, expected_counts, make_stream
+from tests.integration.streams_helpers import (
+    actual_counts,
+    emit,
+    expected_counts,
+    make_stream,
+    missing_signals,
+    signals_in_topic,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def wait_converged(env, expected, timeout_s: float) -> None:
+def wait_converged(env, expected, timeout_s: float, events=None) -> None:
     """Wait until the group-state changelog holds exactly ``expected``; else show the diff."""
     last_diff: dict = {}
 
@@ -35,6 +42,11 @@ def wait_converged(env, expected, timeout_s: float) -> None:
     try:
         wait_until(check, timeout_s)
     except AssertionError:
+        on_topic = signals_in_topic(env, set(last_diff))
+        for group, diff in last_diff.items():
+            diff["signals on topic"] = dict(on_topic.get(group, {}))
+        if events is not None and "org:acme" in last_diff:
+            last_diff["org:acme"]["missing"] = missing_signals(env, events, "org:acme")
         raise AssertionError(f"per-group counts differ: {last_diff}") from None
 
 
@@ -62,7 +74,7 @@ def test_sigkill_mid_stream_then_restart_keeps_counts_exact(stack_env, workers) 
     second = workers("second")
     second.wait_ready()
     emit(bootstrap, topic, events[len(events) // 2 :])
-    wait_converged(stack_env, expected_counts(events), 120)
+    wait_converged(stack_env, expected_counts(events), 120, events)
 
 
 def test_two_workers_split_groups_and_failover_loses_nothing(stack_env, workers) -> None:
@@ -84,4 +96,4 @@ def test_two_workers_split_groups_and_failover_loses_nothing(stack_env, workers)
     b.kill()
     time.sleep(1)
     emit(bootstrap, topic, events[1000:])
-    wait_converged(stack_env, expected_counts(events), 120)
+    wait_converged(stack_env, expected_counts(events), 120, events)

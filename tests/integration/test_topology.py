@@ -23,14 +23,14 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from learnloop.embedded.broker import EmbeddedBroker
 from learnloop.settings import Settings, TopicNames
 from learnloop.topics import ensure_topics
 from schemas import EventCodec, from_json_event
-from tests.conftest import WorkerProcess, read_group_states, unique_env, wait_until
+from tests.conftest import WorkerProcess, read_group_states, read_records, unique_env, wait_until
 from tests.factories import feedback, interaction
 from tests.integration.streams_helpers import emit
 
@@ -80,7 +80,7 @@ class Stack:
         return read_group_states(self.env)
 
     def triggers(self, group: str) -> list[dict[str, Any]]:
-        records = read_topic(self.bootstrap, self.env["LEARNLOOP_TOPICS__TRIGGERS"], PARTITIONS)
+        records = read_records(self.bootstrap, self.env["LEARNLOOP_TOPICS__TRIGGERS"], PARTITIONS)
         return [orjson.loads(r.value) for r in records if r.key == group.encode()]
 
 
@@ -132,35 +132,6 @@ def stacks(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-async def _read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
-    )
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        records: list[Any] = []
-        empty = 0
-        while empty < 3:
-            batch = await consumer.getmany(timeout_ms=200)
-            if not any(batch.values()):
-                empty += 1
-                continue
-            empty = 0
-            for chunk in batch.values():
-                records.extend(chunk)
-        return records
-    finally:
-        await consumer.stop()
-
-
-def read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
-    """Every record of a topic, from the beginning (ConsumerRecords)."""
-    return asyncio.run(_read_topic(bootstrap, topic, partitions))
 
 
 def encode(event: dict[str, Any]) -> bytes:
@@ -317,7 +288,7 @@ def test_wrongly_keyed_feedback_is_forwarded_to_its_interaction_and_joined(
         assert (explanation["query"], explanation["response"]) == (query, response)
 
     # each was re-sent keyed by its interaction id, to the interaction's partition
-    records = read_topic(stack.bootstrap, topic, PARTITIONS)
+    records = read_records(stack.bootstrap, topic, PARTITIONS)
     assert {r.partition for r in records if r.key == iid.encode()} == {home}
     for value in (wrong_key, unkeyed):
         copies = [r for r in records if r.value == value]
@@ -345,7 +316,7 @@ def test_rightly_keyed_feedback_on_the_wrong_partition_is_forwarded(
     [trigger] = wait_until(lambda: stack.triggers(f"user:{user}"), 30)
     [explanation] = explanations(trigger)
     assert (explanation["query"], explanation["response"]) == (query, response)  # joined
-    records = read_topic(stack.bootstrap, topic, PARTITIONS)
+    records = read_records(stack.bootstrap, topic, PARTITIONS)
     assert sorted(r.partition for r in records if r.value == value) == sorted(
         [home, (home + 1) % 4]
     )
@@ -401,7 +372,7 @@ def test_feedback_whose_interaction_never_comes_is_dead_lettered(
     stack.emit([feedback(event_id, "explanation", iid, user=user, team=team, org=org)])
 
     def dead() -> list[Any]:
-        records = read_topic(stack.bootstrap, stack.env["LEARNLOOP_TOPICS__DEAD_LETTERS"], 1)
+        records = read_records(stack.bootstrap, stack.env["LEARNLOOP_TOPICS__DEAD_LETTERS"], 1)
         return [r for r in records if r.key == event_id.encode()]
 
     [record] = wait_until(dead, 30, 0.2)
