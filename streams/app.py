@@ -197,6 +197,10 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
         broker_rebalance_timeout=settings.rebalance_timeout_s,
     )
+    if scheme == "kafka":  # tansu:// uses streams.transport already (entry point)
+        from streams.transport import KafkaTransport
+
+        app.transport = KafkaTransport(app.conf.broker_consumer, app)
     app.settings = settings
     app.codec = make_codec(settings)
     app.join_config = JoinConfig(

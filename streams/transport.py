@@ -22,6 +22,8 @@ import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streams.consumer import WorkerConsumer
+
 _POLL_TIMEOUT_MS = 150
 log = structlog.get_logger(__name__)
 
@@ -82,7 +84,7 @@ class TrueEndOffsetsConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return await true_end_offsets(bootstrap, reported)
 
 
-class Consumer(faust_aiokafka.Consumer):
+class Consumer(WorkerConsumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return TrueEndOffsetsConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -91,3 +93,9 @@ class Transport(faust_aiokafka.Transport):
     """Registered as the ``tansu`` Faust transport (see pyproject entry points)."""
 
     Consumer = Consumer
+
+
+class KafkaTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with :class:`WorkerConsumer` (``kafka://`` brokers)."""
+
+    Consumer = WorkerConsumer

@@ -1,0 +1,64 @@
+"""The worker's consumer stops the fetch loop's flow before it seeks to committed offsets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from learnloop.settings import load_settings
+from streams.app import WorkerApp, create_app
+from streams.consumer import WorkerConsumer
+
+_apps: list[WorkerApp] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_loops() -> Iterator[None]:
+    """An app (never started) still owns event loops, its own and its consumer thread's."""
+    yield
+    while _apps:
+        app = _apps.pop()
+        app.consumer._thread.thread_loop.close()
+        app.loop.close()
+
+
+def _consumer(**settings: object) -> WorkerConsumer:
+    app = create_app(load_settings(kafka_bootstrap="127.0.0.1:1", **settings))
+    _apps.append(app)
+    consumer = app.consumer
+    assert isinstance(consumer, WorkerConsumer)
+    return consumer
+
+
+def test_both_transports_use_the_worker_consumer() -> None:
+    _consumer()  # kafka://
+    _consumer(broker_true_end_offsets=True)  # tansu://
+
+
+def test_the_seek_happens_with_the_flow_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer = _consumer()
+    seen: list[bool] = []
+
+    async def faust_seek(self: object) -> None:  # Faust's own seek, without a broker
+        seen.append(consumer.flow_active)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "perform_seek", faust_seek)
+    assert consumer.flow_active  # as at a worker's first assignment
+    asyncio.run(consumer.perform_seek())
+    assert seen == [False]
+    assert consumer.suspend_flow.is_set()  # the fetch loop leaves its pass over old records
+
+
+def test_a_stopped_flow_stays_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer = _consumer()
+    consumer.stop_flow()  # a rebalance already stopped it
+
+    async def faust_seek(self: object) -> None:
+        return None
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "perform_seek", faust_seek)
+    asyncio.run(consumer.perform_seek())
+    assert not consumer.flow_active
