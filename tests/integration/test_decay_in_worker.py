@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import _read_table, wait_until
+from tests.conftest import read_table, wait_until
 from tests.integration.streams_helpers import emit
 
 pytestmark = pytest.mark.integration
@@ -59,10 +59,8 @@ def test_unsupported_rule_decays_in_versions_and_retires(
     )
 
     def versions() -> list[dict[str, Any]]:
-        table = asyncio.run(
-            _read_table(
-                stack_env["LEARNLOOP_KAFKA_BOOTSTRAP"], stack_env["LEARNLOOP_TOPICS__VERSIONS"], 4
-            )
+        table = read_table(
+            stack_env["LEARNLOOP_KAFKA_BOOTSTRAP"], stack_env["LEARNLOOP_TOPICS__VERSIONS"], 4
         )
         return sorted(
             (v for v in table.values() if v["group"] == "user:alice"), key=lambda v: v["version"]
