@@ -1,9 +1,10 @@
-"""A Faust table whose changelog partition is given explicitly per write.
+"""A Faust table written once per micro-batch, to explicit changelog partitions.
 
 Agents here process micro-batches that mix partitions, and they write each key
-once per batch. Faust would otherwise send the changelog to the partition of
-whichever event happens to be current, which would restore the key on the
-wrong worker after a rebalance.
+once per batch with :meth:`ExplicitPartitionTable.write_batch`, giving each key's
+partition: Faust's own ``table[key] = value`` would send the changelog to the
+partition of whichever event happens to be current (restoring the key on the
+wrong worker after a rebalance), and would not wait for the broker.
 """
 
 from __future__ import annotations
@@ -19,28 +20,7 @@ from streams.outputs import Outgoing, deliver
 
 
 class ExplicitPartitionTable(faust.Table):  # type: ignore[misc]
-    """``put(key, value, partition)`` writes the changelog to that partition."""
-
-    _write_partition: int | None = None
-
-    def put(self, key: str, value: Any, partition: int) -> None:
-        self._write_partition = partition
-        try:
-            self[key] = value
-        finally:
-            self._write_partition = None
-
-    def remove(self, key: str, partition: int) -> None:
-        self._write_partition = partition
-        try:
-            self.pop(key, None)
-        finally:
-            self._write_partition = None
-
-    def partition_for_key(self, key: Any) -> int | None:
-        if self._write_partition is not None:
-            return self._write_partition
-        return super().partition_for_key(key)  # type: ignore[no-any-return]
+    """Read with :meth:`snapshot`, write with :meth:`write_batch` (never ``table[key] = v``)."""
 
     def snapshot(self, key: str) -> Any:
         """A private copy of ``key``'s value (None if absent), for a batch to fold into.
