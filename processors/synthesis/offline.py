@@ -349,22 +349,8 @@ class OfflineSynthesizer:
         for key, group in corrections.items():
             explanation, original, edited, query = details[key]
             support, _ = capped_support(group, policy)
-            item = new_item(
-                trigger,
-                "correction",
-                key,
-                explanation,
-                strength=support,
-                support=len(group),
-                now_ms=now_ms,
-                prov=provenance(
-                    group,
-                    synthesizer=self.name,
-                    prompt_version=self.prompt_version,
-                    derived_by="edit_diff",
-                    trigger=trigger,
-                ),
-                supported_ms=last_support_ms(group, now_ms),
+            item = self._edit_item(
+                trigger, "correction", key, explanation, group, support, len(group), now_ms
             )
             item["query"] = query
             item["response"] = original
@@ -379,8 +365,15 @@ class OfflineSynthesizer:
             old, new = wording[sub_key]
             text = f"Use '{new}' instead of '{old}'."
             items.append(
-                self._edit_rule(
-                    trigger, f"substitution:{sub_key[0]}>{sub_key[1]}", text, group, support, now_ms
+                self._edit_item(
+                    trigger,
+                    "rule",
+                    f"substitution:{sub_key[0]}>{sub_key[1]}",
+                    text,
+                    group,
+                    support,
+                    int(support),
+                    now_ms,
                 )
             )
         for phrase_key, group in sorted(insertions.items()):
@@ -401,27 +394,39 @@ class OfflineSynthesizer:
                 continue
             text = f"Include {phrase}."
             items.append(
-                self._edit_rule(trigger, f"insertion:{phrase_key}", text, group, support, now_ms)
+                self._edit_item(
+                    trigger,
+                    "rule",
+                    f"insertion:{phrase_key}",
+                    text,
+                    group,
+                    support,
+                    int(support),
+                    now_ms,
+                )
             )
         return items
 
-    def _edit_rule(
+    def _edit_item(
         self,
         trigger: Trigger,
+        kind: ItemKind,
         key: str,
         text: str,
         group: list[Evidence],
         support: float,
+        count: int,
         now_ms: int,
     ) -> MemoryItem:
-        """A rule edits made on their own (a substitution, or a repeated insertion)."""
+        """An item derived from edits: a correction, or a rule edits made on their own
+        (a substitution, or a repeated insertion)."""
         return new_item(
             trigger,
-            "rule",
+            kind,
             key,
             text,
             strength=support,
-            support=int(support),
+            support=count,
             now_ms=now_ms,
             prov=provenance(
                 group,
