@@ -2,9 +2,12 @@
 
 State is one :class:`JoinSlot` per interaction id (the events topic key), so the
 join, the dedupe and the expiry of one interaction live in one bounded value.
-Feedback that arrives before its interaction waits in the slot; :func:`expire`
-releases it after ``wait_ms`` (processed without the interaction, or
-dead-lettered, as configured) and drops slots older than the retention.
+Feedback that arrives before its interaction waits in the slot. After
+``wait_ms`` (:func:`overdue`) the worker appends a release marker to the events
+topic, and :func:`release` lets the feedback go on without its interaction (or
+dead-letters it, as configured) when the join reads the marker: in log order, so a
+replay after a crash releases the same feedback at the same origin. Slots past the
+retention are dropped (:func:`expired`).
 
 The slot is also where "nobody gave feedback on this" is known: an interaction in
 the judge's sample keeps a :class:`~processors.judging.JudgeCandidate` until
@@ -208,18 +211,44 @@ def process_event(
     return state, out, dead
 
 
-def expire(
-    slot: JoinSlot, now_ms: int, config: JoinConfig
+def overdue(slot: JoinSlot, now_ms: int, config: JoinConfig) -> list[str]:
+    """Ids of the pending feedback that has waited ``wait_ms`` for its interaction.
+
+    The caller appends a release marker naming them to the events topic; the
+    release itself happens in log order, in :func:`release`.
+    """
+    return [
+        waiting["event"]["event_id"]
+        for waiting in slot["pending"]
+        if now_ms - waiting["arrived_ms"] >= config.wait_ms
+    ]
+
+
+def release(
+    slot: JoinSlot | None,
+    event_ids: list[str],
+    origin: tuple[int, int],
+    now_ms: int,
+    config: JoinConfig,
 ) -> tuple[JoinSlot | None, list[Signal], list[DeadLetter]]:
-    """Release feedback that waited too long and drop a slot past its retention."""
+    """Apply a release marker: the named pending feedback goes on without its interaction.
+
+    Feedback no longer pending (its interaction came first, or an earlier marker
+    released it) is left alone, so a marker read twice, or written twice by two
+    owners of the slot, changes nothing the second time. ``origin`` is the
+    marker's ``(partition, offset)``.
+    """
+    if slot is None or not slot["pending"]:
+        return slot, [], []
+    named = set(event_ids)
     out: list[Signal] = []
     dead: list[DeadLetter] = []
     keep: list[PendingFeedback] = []
     for waiting in slot["pending"]:
-        if now_ms - waiting["arrived_ms"] < config.wait_ms:
+        event = waiting["event"]
+        if event["event_id"] not in named:
             keep.append(waiting)
             continue
-        event = waiting["event"]
         _remember(slot, event["event_id"], config)
         if config.orphan_feedback == "dead_letter":
             dead.append(
@@ -233,9 +262,16 @@ def expire(
         else:
             out.extend(_signals(event, None, None, config))
     slot["pending"] = keep
-    if not keep and now_ms - slot["touched_ms"] >= config.retention_ms:
-        return None, out, dead
+    slot["touched_ms"] = now_ms
+    partition, offset = origin
+    for index, signal in enumerate(out):
+        signal["origin"] = [partition, offset, index]
     return slot, out, dead
+
+
+def expired(slot: JoinSlot, now_ms: int, config: JoinConfig) -> bool:
+    """A slot with nothing waiting and untouched for the retention: it can be dropped."""
+    return not slot["pending"] and now_ms - slot["touched_ms"] >= config.retention_ms
 
 
 def expire_judging(slot: JoinSlot, now_ms: int) -> tuple[JoinSlot, list[JudgeRequest]]:

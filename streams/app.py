@@ -69,6 +69,8 @@ class WorkerApp(faust.App):  # type: ignore[misc]
     ready: asyncio.Event
     #: join-slot keys known to hold feedback waiting for its interaction
     pending_slots: set[str]
+    #: join-slot key -> pending feedback this worker already asked a release marker for
+    release_asked: dict[str, set[str]]
     #: join-slot key -> when its interaction is due for the judge (if nobody rates it)
     judge_slots: dict[str, int]
     #: micro-batches taken and not yet acked (see streams/draining.py)
@@ -268,6 +270,7 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
     app.consolidation_config = config
     app.ready = asyncio.Event()
     app.pending_slots = set()
+    app.release_asked = {}
     app.judge_slots = {}
     app.in_flight = InFlight()
     app.join_lock = asyncio.Lock()

@@ -3,9 +3,10 @@
 Per micro-batch: decode each event (bad ones become dead letters), re-route
 events whose Kafka key is not their interaction id, fold each into its
 interaction's slot, deliver signals and dead letters, then write each touched
-slot once. A timer releases feedback that waited too long for its interaction,
-asks the judge about sampled interactions nobody gave feedback on (when the judge
-is on), and drops slots past their retention.
+slot once. A timer appends release markers for feedback that waited too long for
+its interaction (released when the batch loop reads them: see
+:mod:`schemas.control`), asks the judge about sampled interactions nobody gave
+feedback on (when the judge is on), and drops slots past their retention.
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ import orjson
 import structlog
 
 from learnloop import metrics
-from processors.join import JoinSlot, expire, expire_judging, judging_due, process_event
+from processors.join import (
+    JoinSlot,
+    expire_judging,
+    expired,
+    judging_due,
+    overdue,
+    process_event,
+    release,
+)
 from processors.judging import JudgeRequest
 from processors.signals import DeadLetter, Signal
 from schemas import DecodeError
+from schemas.control import RELEASE, ReleaseMarker, control_kind, decode_release, encode_release
 from streams.dead_letters import dead_letter
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
@@ -83,6 +93,10 @@ async def _join_batch(app: WorkerApp, events: list[Any]) -> None:
     for event in events:
         message = event.message
         source = (message.topic, message.partition, message.offset)
+        kind = control_kind(message.headers)
+        if kind is not None:
+            _control(app, message, kind, touched, out, now)
+            continue
         try:
             record = app.codec.decode(message.value)
         except DecodeError as exc:
@@ -144,19 +158,73 @@ async def _join_batch(app: WorkerApp, events: list[Any]) -> None:
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
 
 
+def _control(
+    app: WorkerApp,
+    message: Any,
+    kind: bytes,
+    touched: dict[str, tuple[int, JoinSlot]],
+    out: list[Outgoing],
+    now: int,
+) -> None:
+    """A control record in the events topic: today only release markers."""
+    source = (message.topic, message.partition, message.offset)
+    try:
+        if kind != RELEASE:
+            raise DecodeError("unknown_control", f"unknown control record {kind[:40]!r}")
+        marker = decode_release(message.value)
+    except DecodeError as exc:
+        out.append(
+            dead_letter(
+                app,
+                exc.reason,
+                exc.detail,
+                value=message.value,
+                key=message.key,
+                topic=source[0],
+                partition=source[1],
+                offset=source[2],
+                errors=exc.errors,
+            )
+        )
+        return
+    slot_key = marker["interaction_id"]
+    current = touched.get(slot_key)
+    slot = current[1] if current else _load(app.join_slots, slot_key)
+    slot, signals, dead = release(
+        slot, marker["event_ids"], (message.partition, message.offset), now, app.join_config
+    )
+    if slot is None:
+        return
+    touched[slot_key] = (message.partition, slot)
+    out.extend(_signal_out(app, s) for s in signals)
+    out.extend(_dead_out(app, d, source) for d in dead)
+    metrics.EVENTS_IN.labels(STAGE, "release").inc()
+    metrics.EVENTS_OUT.labels(STAGE, "signal").inc(len(signals))
+
+
 def _load(table: Any, key: str) -> JoinSlot | None:
     stored = table.snapshot(key)
     return None if stored is None else stored[1]  # type: ignore[no-any-return]
 
 
-async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
-    """Release overdue feedback and drop expired slots on this worker's partitions.
+def _release_out(app: WorkerApp, key: str, event_ids: list[str], partition: int) -> Outgoing:
+    marker: ReleaseMarker = {"interaction_id": key, "event_ids": event_ids}
+    value, headers = encode_release(marker)
+    return Outgoing(app.events_topic, key.encode(), value, headers, partition=partition)
 
-    Every tick looks only at slots known to hold waiting feedback; a full sweep
-    (every ``SWEEP_EVERY`` ticks, and after a restart) finds expired slots too.
+
+async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
+    """Ask for overdue feedback's release, ask the judge, drop expired slots.
+
+    Every tick looks only at slots known to hold waiting feedback or a due judge
+    candidate; a full sweep (every ``SWEEP_EVERY`` ticks, and after a restart)
+    finds expired slots too. Overdue feedback is not released here but by a
+    marker appended to the events topic (:mod:`schemas.control`), once per
+    feedback event and worker (``app.release_asked``; a repeat is harmless).
     """
     now = now_ms()
     table = app.join_slots
+    config = app.join_config
     assigned = {
         tp.partition
         for tp in app.assignor.assigned_actives()
@@ -172,42 +240,41 @@ async def expire_slots(app: WorkerApp, *, full_sweep: bool) -> None:
     app.pending_slots.clear()
     for key in due:
         del app.judge_slots[key]
+    asked = app.release_asked
     for key in keys:
         stored = table.data.get(key)
-        if stored is None:
+        if stored is None or stored[0] not in assigned:
+            asked.pop(key, None)
             continue
         partition, slot = stored  # read only: a copy is taken below if it changes
-        if partition not in assigned:
-            continue
-        judge_now = judging_due(slot, now)
-        if (
-            not slot["pending"]
-            and not judge_now
-            and now - slot["touched_ms"] < app.join_config.retention_ms
-        ):
-            if slot.get("judge") is not None:  # found by a sweep after a restart
-                app.judge_slots[key] = slot["judge"]["due_ms"]  # type: ignore[index]
-            continue
-        slot = table.snapshot(key)[1]
-        slot, requests = expire_judging(slot, now)
-        out.extend(_judge_out(app, r, partition) for r in requests)
-        new_slot, signals, dead = expire(slot, now, app.join_config)
-        out.extend(_signal_out(app, s) for s in signals)
-        out.extend(_dead_out(app, d, (app.settings.topics.events, partition, -1)) for d in dead)
-        writes.append((key, partition, new_slot))
-        if new_slot is not None and new_slot["pending"]:
-            app.pending_slots.add(key)
-    if not writes:
-        return
-    await deliver(STAGE, out, app.settings.external_timeout_s)
-    await table.write_batch(
-        STAGE,
-        [
-            (key, None if new_slot is None else [partition, new_slot], partition)
-            for key, partition, new_slot in writes
-        ],
-        app.settings.external_timeout_s,
-    )
+        if slot["pending"]:
+            app.pending_slots.add(key)  # until a marker has released it
+            late = [e for e in overdue(slot, now, config) if e not in asked.get(key, ())]
+            if late:
+                asked.setdefault(key, set()).update(late)
+                out.append(_release_out(app, key, late, partition))
+        else:
+            asked.pop(key, None)
+        if judging_due(slot, now):
+            slot = table.snapshot(key)[1]
+            slot, requests = expire_judging(slot, now)
+            out.extend(_judge_out(app, r, partition) for r in requests)
+            writes.append((key, partition, slot))
+        elif expired(slot, now, config):
+            writes.append((key, partition, None))
+        elif slot.get("judge") is not None and key not in app.judge_slots:
+            app.judge_slots[key] = slot["judge"]["due_ms"]  # type: ignore[index]  # sweep after a restart
+    if out:
+        await deliver(STAGE, out, app.settings.external_timeout_s)
+    if writes:
+        await table.write_batch(
+            STAGE,
+            [
+                (key, None if slot is None else [partition, slot], partition)
+                for key, partition, slot in writes
+            ],
+            app.settings.external_timeout_s,
+        )
 
 
 def register(app: WorkerApp) -> None:

@@ -4,7 +4,8 @@ The end of every partition is fixed first, so producers writing during an export
 neither make it chase them nor end it early. On the embedded broker (Tansu),
 whose ListOffsets under-reports, the true end is measured by reading forward from
 the reported one (``streams.transport.true_end_offsets``). Fetches are small and
-batches are capped, so what the reader holds does not grow with the topic.
+batches are capped, so what the reader holds does not grow with the topic. The
+worker's control records (``schemas.control``) are not data and are skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from faust.types import TP
 
 from learnloop.errors import BrokerError
+from schemas.control import control_kind
 
 #: records handed over per batch, and bytes fetched per partition / per request
 MAX_RECORDS: Final = 500
@@ -109,7 +111,11 @@ async def _read(
         batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=MAX_RECORDS)
         for tp, records in batch.items():
             end = ends[tp]
-            kept = [(r.key, r.value) for r in records if r.offset < end]
+            kept = [
+                (r.key, r.value)
+                for r in records
+                if r.offset < end and control_kind(r.headers) is None  # the worker's markers
+            ]
             if kept:
                 on_records(kept)
                 read += len(kept)

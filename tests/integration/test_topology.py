@@ -359,6 +359,16 @@ def test_feedback_whose_interaction_never_comes_is_processed_after_the_wait(
     states = stack.states()
     assert counts_of(states, f"user:{user}") == {"explanation": 1}
     assert counts_of(states, f"team:{team}") == {"explanation": 1}
+    # released by a marker the worker appended to the events topic, at the marker's origin
+    events = read_records(stack.bootstrap, stack.env["LEARNLOOP_TOPICS__EVENTS"], PARTITIONS)
+    [marker] = [r for r in events if r.key == iid.encode() and r.headers]
+    assert dict(marker.headers) == {"learnloop.control": b"release"}
+    assert orjson.loads(marker.value) == {"interaction_id": iid, "event_ids": [f"{iid}-x"]}
+    signals = read_records(stack.bootstrap, stack.env["LEARNLOOP_TOPICS__SIGNALS"], PARTITIONS)
+    released = [orjson.loads(r.value) for r in signals if iid.encode() in r.value]
+    origins = [s["origin"] for s in released if s.get("event_id") == f"{iid}-x"]
+    assert len(origins) >= 4  # user, team, org, global
+    assert {tuple(o[:2]) for o in origins} == {(marker.partition, marker.offset)}
 
 
 def test_feedback_whose_interaction_never_comes_is_dead_lettered(

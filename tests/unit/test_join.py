@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from processors.aggregate import AggregateLimits, apply_signals
 from processors.groups import DerivedGroupRule
-from processors.join import JoinConfig, expire, process_event
+from processors.join import JoinConfig, expired, overdue, process_event, release
+from processors.policy import ScopePolicy
 from schemas import from_json_event
 from tests.factories import feedback, interaction
 
@@ -49,21 +51,90 @@ def test_feedback_before_interaction_waits_then_joins() -> None:
 
 def test_orphan_feedback_is_processed_or_dead_lettered_never_dropped() -> None:
     slot, _, _ = process_event(None, rec(feedback("x1", "explanation", "i9")), (0, 1), 0, CONFIG)
-    kept, signals, dead = expire(slot, 999, CONFIG)
-    assert kept is not None and signals == [] and dead == []
-    kept, signals, dead = expire(slot, 1_000, CONFIG)
+    assert overdue(slot, 999, CONFIG) == []
+    assert overdue(slot, 1_000, CONFIG) == ["x1"]
+    kept, signals, dead = release(slot, ["x1"], (0, 7), 1_000, CONFIG)
+    assert kept is not None and kept["pending"] == [] and dead == []
     assert len(signals) == 4 and not signals[0]["joined"]
+    assert [s["origin"] for s in signals] == [[0, 7, i] for i in range(4)]  # the marker's
     slot, _, _ = process_event(None, rec(feedback("x2", "explanation", "i9")), (0, 1), 0, CONFIG)
     strict = JoinConfig(wait_ms=1_000, orphan_feedback="dead_letter")
-    _, signals, dead = expire(slot, 5_000, strict)
+    _, signals, dead = release(slot, overdue(slot, 5_000, strict), (0, 2), 5_000, strict)
     assert signals == []
     assert [d["reason"] for d in dead] == ["interaction_missing"]
 
 
+def test_release_names_its_events_and_a_repeat_changes_nothing() -> None:
+    slot, _, _ = process_event(None, rec(feedback("x1", "explanation", "i9")), (0, 1), 0, CONFIG)
+    slot, _, _ = process_event(slot, rec(feedback("x2", "rating", "i9")), (0, 2), 900, CONFIG)
+    assert overdue(slot, 1_000, CONFIG) == ["x1"]  # x2 has waited 100 ms only
+    slot, signals, _ = release(slot, ["x1"], (0, 3), 1_000, CONFIG)
+    assert {s["event_id"] for s in signals} == {"x1"}
+    assert [p["event"]["event_id"] for p in slot["pending"]] == ["x2"]
+    slot, again, dead = release(slot, ["x1"], (0, 4), 1_100, CONFIG)
+    assert again == [] and dead == []
+    # the interaction arrives: the still-waiting rating joins it, x1 is not sent again
+    slot, signals, _ = process_event(slot, rec(interaction("i9")), (0, 5), 1_200, CONFIG)
+    assert {s["event_id"] for s in signals} == {"i9", "x2"}
+
+
+def test_marker_after_the_interaction_releases_nothing() -> None:
+    slot, _, _ = process_event(None, rec(feedback("x1", "explanation", "i9")), (0, 1), 0, CONFIG)
+    slot, _, _ = process_event(slot, rec(interaction("i9")), (0, 2), 2_000, CONFIG)
+    slot, signals, dead = release(slot, ["x1"], (0, 3), 2_000, CONFIG)
+    assert signals == [] and dead == []
+    assert release(None, ["x1"], (0, 3), 2_000, CONFIG) == (None, [], [])
+
+
+def test_replay_from_a_stale_slot_counts_each_feedback_once() -> None:
+    """A worker sent the joined signals but died before writing the slot.
+
+    Its successor recovers the slot as it was before the interaction (feedback
+    still pending, long overdue), so its timer asks for a release right away, and
+    the marker lands after everything the first worker read. Replaying the log in
+    order joins the feedback to its interaction with the same origin as before,
+    and the marker releases nothing: the aggregate counts it once, however many
+    signals passed through the group in between (no ring of recent ids involved).
+    """
+    limits = AggregateLimits(max_recent_ids=4)
+    policy = ScopePolicy()
+    log = [rec(feedback("x1", "explanation", "i1")), rec(interaction("i1"))]
+    log += [rec(interaction(f"n{i}")) for i in range(20)]  # traffic through org:acme
+    first: list[tuple[int, dict]] = []
+    slot = None
+    slots = {}
+    for offset, event in enumerate(log):
+        key = event["interaction_id"]
+        slot, signals, _ = process_event(slots.get(key), event, (0, offset), 0, CONFIG)
+        slots[key] = slot
+        if offset == 0:
+            stale = {**slot, "pending": list(slot["pending"]), "seen": list(slot["seen"])}
+        first.extend((len(first), s) for s in signals if s["group"] == "org:acme")
+    state, _ = apply_signals(None, first, 0, policy, limits)
+    assert state["counts"]["explanation"] == 1
+    # the successor: the stale slot of i1, the log replayed from offset 1, then the marker
+    slots = {"i1": stale}
+    assert overdue(stale, 60_000, CONFIG) == ["x1"]
+    replay: list[tuple[int, dict]] = []
+    for offset, event in enumerate(log[1:], start=1):
+        key = event["interaction_id"]
+        slots[key], signals, _ = process_event(slots.get(key), event, (0, offset), 60_000, CONFIG)
+        replay.extend(s for s in signals if s["group"] == "org:acme")
+    slots["i1"], signals, _ = release(slots["i1"], ["x1"], (0, len(log)), 60_000, CONFIG)
+    replay.extend(s for s in signals if s["group"] == "org:acme")
+    state, _ = apply_signals(
+        state, [(len(first) + i, s) for i, s in enumerate(replay)], 60_000, policy, limits
+    )
+    assert state["counts"]["explanation"] == 1
+    assert state["counts"]["interaction"] == 21
+
+
 def test_slot_expires_after_retention() -> None:
     slot, _, _ = process_event(None, rec(interaction("i1")), (0, 1), 0, CONFIG)
-    assert expire(slot, 9_999, CONFIG)[0] is not None
-    assert expire(slot, 10_000, CONFIG)[0] is None
+    assert not expired(slot, 9_999, CONFIG)
+    assert expired(slot, 10_000, CONFIG)
+    slot, _, _ = process_event(None, rec(feedback("x1", "rating", "i2")), (0, 2), 0, CONFIG)
+    assert not expired(slot, 10**9, CONFIG)  # feedback waits for its release first
 
 
 def test_bounded_buffers() -> None:

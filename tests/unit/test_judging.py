@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.join import JoinConfig, expire, expire_judging, judging_due, process_event
+from processors.join import JoinConfig, expire_judging, expired, judging_due, process_event
 from processors.judging import JudgeConfig, deferred, sampled
 from schemas import from_json_event
 from tests.factories import feedback, interaction
@@ -83,11 +83,11 @@ def test_off_by_default_and_sampling_is_stable() -> None:
         assert (slot.get("judge") is not None) == sampled(f"i{n}", 0.25)
 
 
-def test_expiry_still_releases_and_drops_slots_with_a_candidate() -> None:
+def test_a_slot_with_a_candidate_is_judged_once_then_dropped() -> None:
     slot, _, _ = process_event(None, rec(interaction("i1")), (0, 1), 0, JUDGE)
     slot, requests = expire_judging(slot, 100_000)
     assert len(requests) == 1
-    assert expire(slot, 100_000, JUDGE)[0] is None
+    assert expired(slot, 100_000, JUDGE)
 
 
 def test_deferred_request_backs_off_and_keeps_everything_else() -> None:
