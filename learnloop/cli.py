@@ -72,13 +72,25 @@ def up(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default.")] = "127.0.0.1",
 ) -> None:
     """Run everything on this machine: broker, vector store, worker, API and web page."""
-    from learnloop.processes import build_api_server, spawn_worker
+    from learnloop.processes import bind_api_socket, build_api_server, spawn_worker
     from learnloop.topics import ensure_topics
 
     settings = _settings(config, api_port=port, api_host=host)
     broker: EmbeddedBroker | None = None
     worker: subprocess.Popen[bytes] | None = None
     _stop_on_sigterm()
+    if not settings.auth_enabled and not settings.loopback:
+        # create_api refuses this too; saying it before the start-up saves a minute
+        console.print(
+            f"[red]error:[/red] refusing to serve {settings.api_host} without authentication: "
+            "configure api_keys (LEARNLOOP_API_KEYS) or bind 127.0.0.1"
+        )
+        raise typer.Exit(2)
+    try:
+        listener = bind_api_socket(settings.api_host, settings.api_port)
+    except LearnloopError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     try:
         with Progress(
             SpinnerColumn(),
@@ -130,13 +142,14 @@ def up(
             f"  worker     pid {worker.pid}, metrics at http://127.0.0.1:{worker_port}/metrics\n"
             "Ctrl-C stops everything."
         )
-        build_api_server(settings, bootstrap).run()
+        build_api_server(settings, bootstrap).run(sockets=[listener])
     except KeyboardInterrupt:
         pass  # Ctrl-C or SIGTERM: a requested, clean shutdown
     except LearnloopError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     finally:
+        listener.close()
         (settings.data_dir / RUNTIME_FILE).unlink(missing_ok=True)
         _stop_child(worker)
         if broker is not None:

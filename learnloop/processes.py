@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 
@@ -15,10 +16,30 @@ from learnloop.api.memory_log import MemoryLog
 from learnloop.codec import make_codec
 from learnloop.embedded.broker import _die_with_parent
 from learnloop.embeddings import make_embedder
+from learnloop.errors import LearnloopError
 from learnloop.producer import EventProducer
 from learnloop.settings import Settings
 from learnloop.store.factory import open_store
 from learnloop.topics import ensure_topics
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything else starts.
+
+    `learnloop up` binds it first and hands it to uvicorn once the broker and the
+    worker are ready: the port is taken for the whole start-up, so the broker or the
+    worker, which pick free ports of their own meanwhile, cannot land on it, and a
+    port already in use fails at once instead of after the start-up.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise LearnloopError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
