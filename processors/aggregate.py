@@ -77,6 +77,9 @@ class GroupState(TypedDict):
     score_n: int
     engagement: dict[str, list[float]]
     tools: dict[str, list[int]]
+    # tools whose failure rate was over the policy when a trigger last said so: a tool
+    # crossing the line either way triggers once (``tool_failure_rate`` / ``tool_recovered``)
+    tools_flagged: NotRequired[list[str]]
     negatives: int
     contributors: dict[str, int]
     contributors_sketch: list[int]
@@ -396,11 +399,42 @@ def _said_against_rule(state: GroupState, deferred: set[str]) -> bool:
     return False
 
 
+def _tool_over(calls: int, failures: int, policy: ScopePolicy) -> bool:
+    return calls >= policy.min_tool_calls and failures / calls >= policy.tool_failure_rate
+
+
 def _failing_tool(state: GroupState, policy: ScopePolicy) -> str | None:
     for name, (calls, failures) in sorted(state["tools"].items()):
-        if calls >= policy.min_tool_calls and failures / calls >= policy.tool_failure_rate:
+        if _tool_over(calls, failures, policy):
             return name
     return None
+
+
+def _tool_crossed(state: GroupState, policy: ScopePolicy, users: int) -> str | None:
+    """A tool whose failure rate crossed the policy's line since a trigger last said so.
+
+    Crossing up triggers even when the call that crossed it succeeded (failures early,
+    then a fifth call that works: 3 of 5 is over 50%); crossing back down triggers so
+    the group's tool rule is retired. ``users`` is how many people the failures came
+    from (``min_users`` holds for the way up).
+    """
+    flagged = state.get("tools_flagged", [])
+    for name, (calls, failures) in sorted(state["tools"].items()):
+        over = _tool_over(calls, failures, policy)
+        if over and name not in flagged and users >= policy.min_users:
+            return f"tool_failure_rate:{name}"
+        if not over and name in flagged:
+            return f"tool_recovered:{name}"
+    return None
+
+
+def _flag_tool(state: GroupState, reason: str) -> None:
+    kind, _, name = reason.partition(":")
+    flagged = state.setdefault("tools_flagged", [])
+    if kind == "tool_failure_rate" and name not in flagged:
+        flagged.append(name)  # names come from the capped tools map: bounded
+    elif kind == "tool_recovered" and name in flagged:
+        flagged.remove(name)
 
 
 def decide_trigger(
@@ -410,6 +444,10 @@ def decide_trigger(
     in_flight = state["in_flight"] is not None
     if in_flight and now_ms - state["in_flight_since"] < limits.in_flight_timeout_ms:
         return None
+    negatives = [e for e in state["evidence"] if e["flags"]]
+    crossed = _tool_crossed(state, policy, len({e["user_id"] for e in negatives}))
+    if crossed is not None and crossed.startswith("tool_recovered:"):
+        return crossed  # needs no evidence: successes are not kept as evidence
     if not state["evidence"] and not state["rated"]:
         return None
     support, users = weighted_support(state["evidence"], policy)
@@ -434,8 +472,9 @@ def decide_trigger(
         return "explained_against_rule"
     if _downvote_jump(state, now_ms, policy):
         return "downvote_rate_jump"
+    if crossed is not None:
+        return crossed
     failing = _failing_tool(state, policy)
-    negatives = [e for e in state["evidence"] if e["flags"]]
     fresh_negative = any(e["event_id"] not in deferred for e in negatives)
     if (
         failing is not None
@@ -473,6 +512,7 @@ def apply_signals(
         raise ValueError("apply_signals needs a state or at least one signal")
     reason = decide_trigger(current, now_ms, policy, limits)
     if reason is not None:
+        _flag_tool(current, reason)
         current["triggers_fired"] += 1
         trigger_id = f"{current['group']}#{current['triggers_fired']}"
         current["in_flight"] = trigger_id

@@ -20,13 +20,13 @@ Calling it with no candidates is a decay pass.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Final, Literal, TypedDict
 
 from processors.embedding import Embedder, cosine, normalise
-from processors.memory import MemoryItem
+from processors.memory import MemoryItem, item_id
 from processors.synthesis.base import KIND_ORDER, MAX_EVENT_IDS, MAX_USER_IDS
 from processors.synthesis.text import choice_values, contradiction, exclusive_values, rule_shape
 
@@ -305,6 +305,44 @@ def _withdrawn(
     return out
 
 
+def recovered_tools(
+    stats: Mapping[str, Any] | None, min_calls: int, failure_rate: float
+) -> dict[str, tuple[int, int]]:
+    """Tools called at least ``min_calls`` times whose failure rate is now under the line.
+
+    ``stats`` is a trigger's group statistics; the answer maps each such tool to its
+    ``(calls, failures)``.
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for name, entry in ((stats or {}).get("tools") or {}).items():
+        calls, failures = int(entry.get("calls") or 0), int(entry.get("failures") or 0)
+        if calls >= min_calls and failures / calls < failure_rate:
+            out[name] = (calls, failures)
+    return out
+
+
+def _recovered(
+    live: list[MemoryItem], tools: Mapping[str, tuple[int, int]]
+) -> list[tuple[MemoryItem, str]]:
+    """Tool rules about tools that work again: their advice ("avoid it") is now wrong."""
+    if not tools or not live:
+        return []
+    group = live[0]["group"]
+    by_id = {item_id(group, "tool_rule", f"tool:{name}"): name for name in tools}
+    out: list[tuple[MemoryItem, str]] = []
+    for item in live:
+        name = by_id.get(item["item_id"])
+        if name is None or item["provenance"].get("derived_by") == "manual":
+            continue
+        calls, failures = tools[name]
+        note = (
+            f"retired: the `{name}` tool now fails in {failures} of {calls} calls, "
+            "under the scope's threshold"
+        )
+        out.append((item, note))
+    return out
+
+
 def live_choices(items: Sequence[MemoryItem]) -> list[dict[str, Any]]:
     """The exclusive choices the live rules make that :func:`_outdated_by_ratings` can
     check, for the aggregation stage: ratings against one of them re-synthesise sooner."""
@@ -377,12 +415,14 @@ def consolidate(
     embedder: Embedder,
     statements: Sequence[Statement] = (),
     min_users: int = 1,
+    recovered: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[list[MemoryItem], list[Change]]:
     """The group's new item list (live first, deterministic order) and what changed.
 
     ``statements`` are the explanations in the evidence behind ``candidates``; a rule whose
     supporters ask for another value of its choice loses their support (``min_users`` is
-    the group's scope policy), see :func:`_withdrawn`.
+    the group's scope policy), see :func:`_withdrawn`. Tool rules about ``recovered``
+    tools (:func:`recovered_tools` of the trigger's statistics) are retired.
     """
     groups = {i["group"] for i in current} | {i["group"] for i in candidates}
     if len(groups) > 1:
@@ -458,6 +498,7 @@ def consolidate(
     retiring += [
         (item, note)
         for item, note in _withdrawn(live, statements, min_users)
+        + _recovered(live, recovered or {})
         if all(item is not other for other, _ in retiring)
     ]
     for item, note in retiring:

@@ -26,7 +26,13 @@ from learnloop.codec import make_codec
 from learnloop.embeddings import make_embedder
 from learnloop.settings import Settings
 from processors.aggregate import AggregateLimits, Trigger
-from processors.consolidate import Change, ConsolidationConfig, consolidate, statements_of
+from processors.consolidate import (
+    Change,
+    ConsolidationConfig,
+    consolidate,
+    recovered_tools,
+    statements_of,
+)
 from processors.embedding import Embedder
 from processors.join import JoinConfig
 from processors.judging import JudgeConfig
@@ -264,6 +270,9 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
             embedder,
             statements=statements_of(trigger["evidence"]),
             min_users=policy.min_users,
+            recovered=recovered_tools(
+                trigger["stats"], policy.min_tool_calls, policy.tool_failure_rate
+            ),
         )
 
     app.consolidate = consolidate_items

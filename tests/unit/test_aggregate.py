@@ -200,6 +200,44 @@ def test_deferred_tool_failures_do_not_refire_until_a_fresh_failure() -> None:
     assert [t["reason"] for t in later] == ["tool_failure_rate:deploy"]
 
 
+def test_a_tool_crossing_its_failure_line_triggers_once_each_way() -> None:
+    """Failures before the call minimum, already used by an earlier synthesis, then a
+    successful call that brings the count to the minimum: the tool is over the line and
+    the group triggers (nothing fresh failed). Successes later bring it back under the
+    line: one more trigger, so its tool rule can be retired; then nothing."""
+    fail = {"name": "deploy", "arguments": '{"x": 1}', "status": "error"}
+    ok = {**fail, "status": "ok"}
+    group = "user:alice"
+    offsets = itertools.count(5000)
+
+    def apply(state, events):
+        sigs = signals_for(events, group)
+        return apply_signals(state, [(next(offsets), s) for s in sigs], 0, POLICY.user)
+
+    state, [first] = apply(
+        None,
+        [
+            interaction("ci0", tool_calls=[fail, fail]),
+            interaction("ci1", tool_calls=[fail, fail]),
+            feedback("cx0", "explanation", "ci1", text="Always say which region you deploy to."),
+        ],
+    )
+    assert first["reason"] == "evidence"  # 4 calls: under the 5-call minimum
+    done = _synthesis_done(first, deferred=[e["event_id"] for e in first["evidence"]])
+    state, _ = apply_signals(state, [(next(offsets), done)], 0, POLICY.user)
+    state, [crossed] = apply(state, [interaction("ci2", tool_calls=[ok])])  # 4 of 5 failed
+    assert crossed["reason"] == "tool_failure_rate:deploy"
+    state, _ = apply_signals(state, [(next(offsets), _synthesis_done(crossed, []))], 0, POLICY.user)
+    state, none = apply(state, [interaction(f"cj{n}", tool_calls=[ok]) for n in range(3)])
+    assert none == []  # 4 of 8 failed: still at the line
+    state, [back] = apply(state, [interaction("cj3", tool_calls=[ok])])  # 4 of 9
+    assert back["reason"] == "tool_recovered:deploy"
+    state, _ = apply_signals(state, [(next(offsets), _synthesis_done(back, []))], 0, POLICY.user)
+    state, after = apply(state, [interaction(f"ck{n}", tool_calls=[ok]) for n in range(3)])
+    assert after == []
+    assert state["tools_flagged"] == []
+
+
 def test_deferred_ratings_do_not_refire_until_a_fresh_rating() -> None:
     """Ratings an example could not use yet (too few users agree in a team) stay, and
     wait for a fresh rating instead of triggering the group again and again."""

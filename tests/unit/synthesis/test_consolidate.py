@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from processors.consolidate import DAY_MS, ConsolidationConfig, consolidate
+from processors.consolidate import DAY_MS, ConsolidationConfig, consolidate, recovered_tools
 from processors.embedding import HashingEmbedder
 from processors.memory import MemoryItem, estimate_tokens, item_id
 from processors.synthesis.text import rule_key
@@ -293,3 +293,31 @@ def test_consolidation_is_deterministic() -> None:
         runs.append((memory, log))
     assert runs[0] == runs[1]
     assert [i["item_id"] for i in runs[0][0]] == [i["item_id"] for i in runs[1][0]]
+
+
+def _tool_rule(name: str, *, derived_by: str = "tool_failure_pattern") -> MemoryItem:
+    item = rule(f"The `{name}` tool failed in 3 of 5 calls; avoid it.", kind="tool_rule")
+    item["item_id"] = item_id("team:search", "tool_rule", f"tool:{name}")
+    item["provenance"]["derived_by"] = derived_by
+    return item
+
+
+def test_a_tool_rule_is_retired_once_its_tool_works_again() -> None:
+    stats = {
+        "tools": {
+            "deploy": {"calls": 9, "failures": 4},  # under 50% again
+            "search": {"calls": 9, "failures": 6},  # still failing
+            "fresh": {"calls": 2, "failures": 0},  # too few calls to say
+        }
+    }
+    recovered = recovered_tools(stats, min_calls=5, failure_rate=0.5)
+    assert recovered == {"deploy": (9, 4)}
+    current = [_tool_rule("deploy"), _tool_rule("search"), _tool_rule("fresh")]
+    current.append(_tool_rule("manual", derived_by="manual"))
+    items, changes = consolidate(
+        current, [], T0, CONFIG, EMBEDDER, recovered={**recovered, "manual": (9, 0)}
+    )
+    retired = [c for c in changes if c["action"] == "retired"]
+    assert [c["item_id"] for c in retired] == [current[0]["item_id"]]
+    assert "now fails in 4 of 9 calls" in retired[0]["detail"]
+    assert {i["item_id"] for i in live(items)} == {i["item_id"] for i in current[1:]}
