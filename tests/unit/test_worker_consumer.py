@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from learnloop.settings import load_settings
 from streams.app import WorkerApp, create_app
@@ -62,3 +63,23 @@ def test_a_stopped_flow_stays_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(faust_aiokafka.Consumer, "perform_seek", faust_seek)
     asyncio.run(consumer.perform_seek())
     assert not consumer.flow_active
+
+
+def test_partitions_never_committed_are_read_from_their_beginning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer = _consumer()
+    never, zero, later = (TP("signals", p) for p in range(3))
+    sought: list[tuple[TP, int]] = []
+
+    async def aiokafka_seek_to_committed(self: object) -> dict[TP, int | None]:
+        return {never: None, zero: 0, later: 42}  # it sought only `later`
+
+    async def seek(self: object, tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_to_committed", aiokafka_seek_to_committed)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek", seek)
+    committed = asyncio.run(consumer.seek_to_committed())
+    assert committed == {never: None, zero: 0, later: 42}
+    assert sorted(sought) == [(never, 0), (zero, 0)]
