@@ -118,6 +118,12 @@ CONTEXT_PREFIX_CACHE = Counter(
     "Context requests whose prefix came from the cache (hit) or was assembled (miss)",
     ["result"],
 )
+CONTEXT_FAST_PATH = Counter(
+    "learnloop_context_fast_path_total",
+    "POST /v1/context requests answered by the fast path (served) or handed to the route "
+    "(handed_on: another content type, a body that does not parse or validate, a problem)",
+    ["result"],
+)
 CONTEXT_SEARCH_SECONDS = Histogram(
     "learnloop_context_search_seconds",
     "Time of the vector-store search for a context request's examples",

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from learnloop import metrics
-from learnloop.api import problems
+from learnloop.api import context_route, problems
 from learnloop.api.auth import CallerDep
 from learnloop.api.body import read_limited
 from learnloop.api.export_routes import build_export_router
@@ -93,7 +93,6 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
     app.state.settings = settings
     problems.install(app)
 
-    app.add_middleware(RequestMetrics)
     metrics.time_gc_pauses()
 
     @app.get("/healthz", tags=["operations"])
@@ -211,8 +210,19 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         who.check_group(group, stats.get("org"))
         return stats
 
+    context = context_route.ContextService(settings, services)
+    context_router = context_route.build_context_router(context)
+    app.include_router(context_router)
     app.include_router(build_router(settings, services))
     app.include_router(build_export_router(settings, services))
+    # The last middleware added runs first: metrics see every request, fast path or not.
+    app.add_middleware(
+        context_route.ContextFastPath,
+        service=context,
+        settings=settings,
+        route=context_router.routes[0],
+    )
+    app.add_middleware(RequestMetrics)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
