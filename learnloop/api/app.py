@@ -6,6 +6,7 @@ The app holds no global state: its producer, group view and store come in a
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -38,6 +39,14 @@ from schemas import from_json_event
 
 log = structlog.get_logger(__name__)
 JSON_TYPES = ("application/json", "application/x-ndjson")
+# Newer FastAPI releases ask OpenTelemetry for its global providers on every request
+# (reading os.environ each time, ~1.5 % of a /v1/context request). learnloop exports
+# Prometheus metrics (``/metrics``) and sets up no OpenTelemetry, so they are off.
+_NO_FASTAPI_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 @dataclass(slots=True)
@@ -89,6 +98,7 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         description="Continuous, versioned memory for LLM agents, learned from feedback.",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
+        **_NO_FASTAPI_TELEMETRY,
     )
     app.state.settings = settings
     problems.install(app)
