@@ -305,7 +305,7 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
 
 def explain(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Prefix-cache hit rate and server-side ms per request: in the app, in the store."""
-    d = {k: after[k] - before[k] for k in after}
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
     nan = float("nan")
     buckets = {float(k[3:]): v for k, v in d.items() if k.startswith("le=")}
     return {
