@@ -163,14 +163,18 @@ _SUFFIXES: Final[tuple[tuple[str, str], ...]] = (
 _VOWELS: Final = frozenset("aeiouy")
 
 
-@lru_cache(maxsize=65_536)
 def stem(word: str) -> str:
-    """Strip one common English suffix so "deprecated"/"deprecation" and "uses"/"using" meet.
-
-    Cached: a pure function of one word, and most words recur (a context request
-    embeds its query on the request path)."""
+    """Strip one common English suffix so "deprecated"/"deprecation" and "uses"/"using" meet."""
     if len(word) <= 3 or not word.isalpha():
         return word
+    return _stem_word(word)
+
+
+@lru_cache(maxsize=16_384)
+def _stem_word(word: str) -> str:
+    """:func:`stem` of an alphabetic word, cached: most words recur (a context request
+    embeds its query on the request path). Numbers and ids, often new, are not cached,
+    so they do not churn the cache (each new entry is an object the collector tracks)."""
     for suffix, replacement in _SUFFIXES:
         if word.endswith(suffix) and not (
             suffix == "s" and word.endswith(("ss", "us", "sis", "xis"))
