@@ -252,6 +252,9 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # (route, status) -> its counter and histogram: ``labels()`` looks them up under
+        # a lock on every call; route templates and statuses are a bounded set.
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -270,8 +273,14 @@ class RequestMetrics:
             await self.app(scope, receive, observed)
         finally:
             template = getattr(scope.get("route"), "path", "unmatched")  # set by the router
-            metrics.API_REQUESTS.labels(template, str(status)).inc()
-            metrics.API_LATENCY.labels(template).observe(time.perf_counter() - started)
+            children = self._children.get((template, status))
+            if children is None:
+                children = self._children[(template, status)] = (
+                    metrics.API_REQUESTS.labels(template, str(status)),
+                    metrics.API_LATENCY.labels(template),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 def _owner(services: Services, group: str) -> str | None:
