@@ -312,6 +312,21 @@ def test_context_fast_path_answers_byte_for_byte_as_the_route(stack) -> None:
         assert fast.headers[header] == routed.headers[header]
 
 
+def test_a_context_body_over_the_fast_path_limit_is_answered_by_the_route(stack) -> None:
+    """The fast path stops reading past its limit and hands the stream on: what it read
+    is replayed, the rest still comes from the socket, and the answer is complete."""
+    teach(stack, "hugh", "always answer in metric units")
+    wait_rule(stack, "user:hugh", "metric")
+    small = {"user_id": "hugh", "query": "how far is it?"}
+    large = {**small, "metadata": {"note": "x" * (400 * 1024)}}  # over FAST_BODY_LIMIT
+    handed_on = fast_path_count(stack, "handed_on")
+    answer = client(stack).post("/v1/context", json=large)
+    assert answer.status_code == 200, answer.text[:500]
+    assert fast_path_count(stack, "handed_on") == handed_on + 1
+    assert answer.content == client(stack).post("/v1/context", json=small).content
+    assert "metric" in answer.json()["prefix"]
+
+
 def test_context_problems_and_invalid_bodies_are_answered_by_the_route(stack) -> None:
     """What the fast path cannot serve it hands on, body and all: the answers are the
     route's (401, 403, 422 naming the field, malformed JSON) and are counted."""
