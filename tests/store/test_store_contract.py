@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -466,12 +467,21 @@ def _edge_search_threads() -> int:
     return count
 
 
+def _settled_edge_search_threads(timeout_s: float = 5.0) -> int:
+    """The count once pools of stores closed by earlier tests have wound down (their
+    threads end in the background after ``close``)."""
+    deadline = time.monotonic() + timeout_s
+    while _edge_search_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _edge_search_threads()
+
+
 @pytest.mark.parametrize(("asked", "expected"), [(None, 1), (3, 3)])
 async def test_edge_search_pool_has_the_threads_asked_for(
     tmp_path: Path, asked: int | None, expected: int
 ) -> None:
     """One search thread by default (edge would start one per 'CPU', 8 on two cores)."""
-    before = _edge_search_threads()
+    before = _settled_edge_search_threads()
     store = EdgeVectorStore(tmp_path) if asked is None else EdgeVectorStore(tmp_path, asked)
     try:
         await store.ensure_collection(COLL, DIM, FIELDS)
