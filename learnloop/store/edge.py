@@ -18,9 +18,10 @@ Each shard searches on a pool of ``search_threads`` threads (edge's own default 
 derived from the CPU count: 8 on two cores). learnloop's searches are filtered to a
 few groups in one segment, so there is nothing to split, and handing each search to
 one of 8 threads costs more than it saves: one group among 200,000 points, through
-this adapter, p50 0.14 / p99 0.29 ms and 0.19 ms of process CPU with one thread
-against 0.28 / 2.03 ms and 0.43 ms with edge's default
-(``benchmarks/store_bench.py --points 200000 --groups 1000 --edge-search-threads 1,default``).
+this adapter, took 0.19-0.25 ms of process CPU with one thread against 0.35-0.43 ms
+with edge's default, and p50 0.14-0.21 ms against 0.26-0.28 ms (two runs of
+``benchmarks/store_bench.py --points 200000 --groups 1000 --edge-search-threads 1,default``;
+docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
