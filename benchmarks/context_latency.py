@@ -270,29 +270,53 @@ APP_SUM = 'learnloop_api_request_seconds_sum{route="/v1/context"}'
 APP_COUNT = 'learnloop_api_request_seconds_count{route="/v1/context"}'
 GC_FULL = 'python_gc_collections_total{generation="2"}'
 GC_FULL_SUM = 'learnloop_gc_pause_seconds_sum{generation="2"}'
+GC_SUMS = tuple(f'learnloop_gc_pause_seconds_sum{{generation="{g}"}}' for g in "012")
+APP_BUCKET = "learnloop_api_request_seconds_bucket{"
 
 
 def api_metrics(url: str) -> dict[str, float]:
     """The API's own counters that explain its latency."""
     names = (HIT, MISS, SEARCH_SUM, SEARCH_COUNT, APP_SUM, APP_COUNT, GC_FULL, GC_FULL_SUM)
-    out = dict.fromkeys(names, 0.0)
+    out = dict.fromkeys(names + GC_SUMS, 0.0)
     for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
         name, _, value = line.rpartition(" ")
         if name in out:
             out[name] += float(value)
+        elif name.startswith(APP_BUCKET) and 'route="/v1/context"' in name:
+            out["le=" + name.split('le="', 1)[1].split('"', 1)[0]] = float(value)
     return out
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
+    """Like Prometheus' ``histogram_quantile``: linear within the bucket it falls in."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if not total:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (buckets[bound] - below)
+        lower, below = bound, buckets[bound]
+    return lower
 
 
 def explain(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Prefix-cache hit rate and server-side ms per request: in the app, in the store."""
-    d = {k: after[k] - before[k] for k in after}
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
     nan = float("nan")
+    buckets = {float(k[3:]): v for k, v in d.items() if k.startswith("le=")}
     return {
         "prefix_cache_hit_rate": d[HIT] / (d[HIT] + d[MISS]) if d[HIT] + d[MISS] else nan,
         "in_app_ms": d[APP_SUM] / d[APP_COUNT] * 1000 if d[APP_COUNT] else nan,
+        "in_app_p50_ms": histogram_quantile(0.5, buckets) * 1000 if buckets else nan,
+        "in_app_p99_ms": histogram_quantile(0.99, buckets) * 1000 if buckets else nan,
         "store_search_ms": d[SEARCH_SUM] / d[SEARCH_COUNT] * 1000 if d[SEARCH_COUNT] else nan,
         "full_gc_collections": d[GC_FULL],
         "full_gc_seconds": d[GC_FULL_SUM],
+        "gc_seconds": sum(d[k] for k in GC_SUMS),
     }
 
 
@@ -514,10 +538,12 @@ def report(rows: dict[str, Any]) -> None:
             f"({r['client_cpu_s'] / r['wall_s']:.0%} of a core)"
         )
         print(
-            f"  in the API: {r['in_app_ms']:.2f} ms/req in the app (after HTTP parsing), of which "
-            f"{r['store_search_ms']:.2f} ms in the store search; prefix cache hits "
-            f"{r['prefix_cache_hit_rate']:.1%}; full GCs {r['full_gc_collections']:.0f} "
-            f"({r['full_gc_seconds'] * 1000:.0f} ms); "
+            f"  in the API: {r['in_app_ms']:.2f} ms/req in the app (after HTTP parsing; "
+            f"p50 ~{r['in_app_p50_ms']:.2f} ms, p99 ~{r['in_app_p99_ms']:.2f} ms from its "
+            f"histogram), of which {r['store_search_ms']:.2f} ms in the store search; "
+            f"prefix cache hits {r['prefix_cache_hit_rate']:.1%}; "
+            f"GC pauses {r['gc_seconds'] * 1000:.0f} ms in all, full GCs "
+            f"{r['full_gc_collections']:.0f} ({r['full_gc_seconds'] * 1000:.0f} ms); "
             f"load average after the run {r['load_average_1m']:.2f}"
         )
 

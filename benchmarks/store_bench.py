@@ -11,8 +11,12 @@ server's speed).
 Measures: upsert time for N points of D dims over G groups (batches of
 ``--batch``, like a worker publishing), then p50/p99 latency of searches
 filtered to one random group and of unfiltered searches (top 10, fresh random
-query vectors, after a short warm-up). Every filtered hit is checked to belong
-to the requested group.
+query vectors, after a short warm-up), and the process CPU per filtered search
+(all threads: edge searches on a pool of ``--edge-search-threads``). Every
+filtered hit is checked to belong to the requested group.
+
+    python benchmarks/store_bench.py --points 200000 --groups 1000 --backends edge \
+        --edge-search-threads 1,default
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Row:
     filtered: tuple[float, float] | None = None
     unfiltered: tuple[float, float] | None = None
     note: str = ""
+    cpu_ms: float | None = None  # process CPU per filtered search, all threads
 
 
 def percentiles_ms(samples: Sequence[float]) -> tuple[float, float]:
@@ -113,13 +118,17 @@ async def run_backend(
         warm = queries[: min(20, len(queries))]
         await time_searches(store, warm, args.groups, True, 99)
         await time_searches(store, warm, args.groups, False, 99)
+        cpu = time.process_time()
+        filtered = await time_searches(store, queries, args.groups, True, 1)
+        cpu_ms = (time.process_time() - cpu) / len(queries) * 1e3
         rows.append(
             Row(
                 name,
                 len(points),
                 upsert_s,
-                await time_searches(store, queries, args.groups, True, 1),
+                filtered,
                 await time_searches(store, queries, args.groups, False, 2),
+                cpu_ms=cpu_ms,
             )
         )
         if args.edge_optimize and isinstance(store, EdgeVectorStore):
@@ -158,7 +167,8 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     )
     header = (
         f"{'backend':<24}{'upsert s':>10}{'points/s':>11}"
-        f"{'group p50 ms':>14}{'group p99 ms':>14}{'all p50 ms':>12}{'all p99 ms':>12}  note"
+        f"{'group p50 ms':>14}{'group p99 ms':>14}{'group CPU ms':>14}"
+        f"{'all p50 ms':>12}{'all p99 ms':>12}  note"
     )
     print(header)
     print("-" * len(header))
@@ -167,7 +177,8 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             upsert = f"{'-':>10}{'-':>11}"
         else:
             upsert = f"{row.upsert_s:>10.2f}{row.points / row.upsert_s:>11,.0f}"
-        line = f"{row.backend:<24}{upsert}{_pair(row.filtered, 14)}{_pair(row.unfiltered, 12)}"
+        cpu = f"{row.cpu_ms:>14.3f}" if row.cpu_ms is not None else f"{'-':>14}"
+        line = f"{row.backend:<24}{upsert}{_pair(row.filtered, 14)}{cpu}{_pair(row.unfiltered, 12)}"
         print(f"{line}  {row.note}".rstrip())
 
 
@@ -176,9 +187,14 @@ async def main(args: argparse.Namespace) -> None:
     queries = np.random.default_rng(1).standard_normal((args.queries, args.dim), dtype=np.float32)
     rows: list[Row] = []
     if "edge" in args.backends:
-        rows += await run_backend(
-            "edge (disk)", lambda: EdgeVectorStore(None), points, args, queries
-        )
+        for threads in args.edge_search_threads:
+            rows += await run_backend(
+                f"edge (disk), {threads or 'default'} thr",
+                lambda t=threads: EdgeVectorStore(None, search_threads=t),
+                points,
+                args,
+                queries,
+            )
     if "local" in args.backends:
         if args.points > args.local_max_points:
             rows.append(
@@ -220,7 +236,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also build edge's HNSW index with optimize() and measure again",
     )
+    parser.add_argument(
+        "--edge-search-threads",
+        default="1",
+        help="comma list of edge search pool sizes to compare ('default': edge's own choice)",
+    )
     args = parser.parse_args(argv)
+    args.edge_search_threads = [
+        None if t.strip() == "default" else int(t) for t in args.edge_search_threads.split(",")
+    ]
     args.backends = {b.strip() for b in args.backends.split(",") if b.strip()}
     if unknown := args.backends - {"edge", "local"}:
         parser.error(f"unknown backends: {sorted(unknown)}")

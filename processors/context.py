@@ -165,7 +165,9 @@ def pick_examples(
     """
     picked: list[dict[str, Any]] = []
     for score, item in sorted(examples, key=lambda e: (-e[0], e[1]["item_id"])):
-        if len(picked) >= max_examples or item["group"] not in versions:
+        if len(picked) >= max_examples:
+            break
+        if item["group"] not in versions:
             continue
         if item["status"] != "active" or item["kind"] not in EXAMPLE_KINDS:
             continue

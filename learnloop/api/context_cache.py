@@ -30,6 +30,8 @@ from processors.context import ConflictKeys, assemble_prefix, pick_examples
 from processors.memory import MemoryItem, Snapshot
 
 Key = tuple[tuple[tuple[str, int], ...], int]
+_HIT = metrics.CONTEXT_PREFIX_CACHE.labels("hit")
+_MISS = metrics.CONTEXT_PREFIX_CACHE.labels("miss")
 
 
 MAX_CHARS = 64_000_000
@@ -124,9 +126,9 @@ class PrefixCache:
         found = self._cache.get(key)
         if found is not None and all(a is b for a, b in zip(found[0], sources, strict=True)):
             self._cache.move_to_end(key)
-            metrics.CONTEXT_PREFIX_CACHE.labels("hit").inc()
+            _HIT.inc()
             return found[1]
-        metrics.CONTEXT_PREFIX_CACHE.labels("miss").inc()
+        _MISS.inc()
         built = CachedPrefix.build(snapshots, max_tokens, self._conflicts, self._keys)
         if found is not None:
             self._forget(key)

@@ -13,6 +13,15 @@ threads and opening/closing a shard must not race a query.
 Edge has no background optimiser: points stay in an appendable, brute-force
 segment until :meth:`EdgeVectorStore.optimize` builds HNSW and vacuums deletes.
 The keyword payload indexes keep a search inside one group fast regardless.
+
+Each shard searches on a pool of ``search_threads`` threads (edge's own default is
+derived from the CPU count: 8 on two cores). learnloop's searches are filtered to a
+few groups in one segment, so there is nothing to split, and handing each search to
+one of 8 threads costs more than it saves: one group among 200,000 points, through
+this adapter, took 0.19-0.25 ms of process CPU with one thread against 0.35-0.43 ms
+with edge's default, and p50 0.14-0.21 ms against 0.26-0.28 ms (two runs of
+``benchmarks/store_bench.py --points 200000 --groups 1000 --edge-search-threads 1,default``;
+docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import asyncio
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -50,9 +60,15 @@ _SCROLL_PAGE = 1024
 
 
 class EdgeVectorStore:
-    """One EdgeShard per collection under ``path`` (a temporary dir when None)."""
+    """One EdgeShard per collection under ``path`` (a temporary dir when None).
 
-    def __init__(self, path: Path | None) -> None:
+    ``search_threads``: each shard's search pool (None: edge's CPU-derived default).
+    """
+
+    def __init__(self, path: Path | None, search_threads: int | None = 1) -> None:
+        if search_threads is not None and search_threads < 1:
+            raise ValueError(f"search_threads must be at least 1, got {search_threads!r}")
+        self._search_threads = search_threads
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if path is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="learnloop-edge-")
@@ -77,7 +93,10 @@ class EdgeVectorStore:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         fields = _check_fields(keyword_fields)
-        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            max_search_threads=self._search_threads,
+        )
         with self._lock:
             self._check_open()
             if name in self._shards:
@@ -139,8 +158,10 @@ class EdgeVectorStore:
         """Exact within a group via the keyword index; brute force or HNSW otherwise."""
         check_collection_name(collection)
         check_limit(limit)
+        # Edge takes any real numbers (ints too) and refuses anything else, so a list
+        # goes in as it is: converting 384 floats to floats cost ~8 us per search.
         request = qe.SearchRequest(
-            query=qe.Query.Nearest(list(map(float, vector))),
+            query=qe.Query.Nearest(vector if isinstance(vector, list) else list(vector)),
             limit=limit,
             filter=_filter(parse_where(where)),
             with_payload=with_payload,
@@ -149,7 +170,7 @@ class EdgeVectorStore:
         with self._lock:
             shard = self._shard(collection)
             found = self._call(f"search {collection}", shard.search, request)
-        hits = [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
+        hits = [Hit(str(p.id), p.score, dict(p.payload) if p.payload else {}) for p in found]
         hits.sort(key=lambda h: (-h.score, h.id))  # ties in a stable order on every backend
         return hits
 
@@ -300,7 +321,12 @@ def _conditions(terms: Sequence[Match]) -> list[ConditionType]:
     return conditions
 
 
-def _filter(terms: Sequence[Match]) -> qe.Filter | None:
+@lru_cache(maxsize=4096)
+def _filter(terms: tuple[Match, ...]) -> qe.Filter | None:
+    """Cached: a context search asks for the same few facets per caller, and building
+    the native condition objects cost about as much as a third of the search itself.
+    Edge copies a filter into each request, so one object serves many searches (the
+    contract tests search many times through the same cached filter)."""
     return qe.Filter(must=_conditions(terms)) if terms else None
 
 

@@ -284,6 +284,68 @@ def test_tenant_keys_never_reach_other_tenants(stack) -> None:
     assert httpx.get(f"{stack['api'].url}/v1/groups").status_code == 401
 
 
+def fast_path_count(stack, result: str) -> float:
+    """``learnloop_context_fast_path_total`` for ``result``, from the API's /metrics."""
+    name = f'learnloop_context_fast_path_total{{result="{result}"}} '
+    lines = httpx.get(f"{stack['api'].url}/metrics", timeout=5).text.splitlines()
+    return next((float(x[len(name):]) for x in lines if x.startswith(name)), 0.0)
+
+
+def test_context_fast_path_answers_byte_for_byte_as_the_route(stack) -> None:
+    """A plain JSON request is served by the fast path; the same body sent as another
+    JSON media type goes through FastAPI's route. Both answer the same bytes."""
+    teach(stack, "fern", "always show the price in euros")
+    wait_rule(stack, "user:fern", "euros")
+    body = orjson.dumps({"user_id": "fern", "team_id": "search", "org_id": "acme",
+                         "query": "price of a ticket?", "max_tokens": 900})
+    served, handed_on = fast_path_count(stack, "served"), fast_path_count(stack, "handed_on")
+    fast = client(stack).post("/v1/context", content=body,
+                              headers={"content-type": "application/json"})
+    assert fast_path_count(stack, "served") == served + 1
+    routed = client(stack).post("/v1/context", content=body,
+                                headers={"content-type": "application/vnd.agent+json"})
+    assert fast_path_count(stack, "handed_on") == handed_on + 1
+    assert fast.status_code == routed.status_code == 200, (fast.text, routed.text)
+    assert "euros" in fast.json()["prefix"]
+    assert fast.content == routed.content
+    for header in ("content-type", "content-length"):
+        assert fast.headers[header] == routed.headers[header]
+
+
+def test_a_context_body_over_the_fast_path_limit_is_answered_by_the_route(stack) -> None:
+    """The fast path stops reading past its limit and hands the stream on: what it read
+    is replayed, the rest still comes from the socket, and the answer is complete."""
+    teach(stack, "hugh", "always answer in metric units")
+    wait_rule(stack, "user:hugh", "metric")
+    small = {"user_id": "hugh", "query": "how far is it?"}
+    large = {**small, "metadata": {"note": "x" * (400 * 1024)}}  # over FAST_BODY_LIMIT
+    handed_on = fast_path_count(stack, "handed_on")
+    answer = client(stack).post("/v1/context", json=large)
+    assert answer.status_code == 200, answer.text[:500]
+    assert fast_path_count(stack, "handed_on") == handed_on + 1
+    assert answer.content == client(stack).post("/v1/context", json=small).content
+    assert "metric" in answer.json()["prefix"]
+
+
+def test_context_problems_and_invalid_bodies_are_answered_by_the_route(stack) -> None:
+    """What the fast path cannot serve it hands on, body and all: the answers are the
+    route's (401, 403, 422 naming the field, malformed JSON) and are counted."""
+    handed_on = fast_path_count(stack, "handed_on")
+    anonymous = httpx.post(f"{stack['api'].url}/v1/context", json={"user_id": "a"})
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthenticated"
+    foreign = client(stack, ACME).post("/v1/context", json={"user_id": "a", "org_id": "globex"})
+    assert foreign.status_code == 403 and foreign.json()["error"] == "forbidden"
+    invalid = client(stack).post("/v1/context", json={"user_id": "a", "max_examples": 99})
+    assert invalid.status_code == 422
+    assert [e["field"] for e in invalid.json()["errors"]] == ["max_examples"]
+    broken = client(stack).post("/v1/context", content=b'{"user_id": "a",',
+                                headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["error"] == "invalid_request"
+    assert fast_path_count(stack, "handed_on") == handed_on + 4
+    scraped = httpx.get(f"{stack['api'].url}/metrics", timeout=5).text
+    assert 'learnloop_api_requests_total{route="/v1/context",status="200"}' in scraped
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "field"),
     [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -453,3 +454,44 @@ async def test_edge_optimize_keeps_results(tmp_path: Path) -> None:
         assert await store.count(COLL) == 1000
     finally:
         await store.close()
+
+
+def _edge_search_threads() -> int:
+    """Threads of this process that qdrant-edge named for its search pools."""
+    count = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            count += (task / "comm").read_text().startswith("edge-search")
+        except FileNotFoundError:  # the thread ended while we looked
+            continue
+    return count
+
+
+def _settled_edge_search_threads(timeout_s: float = 5.0) -> int:
+    """The count once pools of stores closed by earlier tests have wound down (their
+    threads end in the background after ``close``)."""
+    deadline = time.monotonic() + timeout_s
+    while _edge_search_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _edge_search_threads()
+
+
+@pytest.mark.parametrize(("asked", "expected"), [(None, 1), (3, 3)])
+async def test_edge_search_pool_has_the_threads_asked_for(
+    tmp_path: Path, asked: int | None, expected: int
+) -> None:
+    """One search thread by default (edge would start one per 'CPU', 8 on two cores)."""
+    before = _settled_edge_search_threads()
+    store = EdgeVectorStore(tmp_path) if asked is None else EdgeVectorStore(tmp_path, asked)
+    try:
+        await store.ensure_collection(COLL, DIM, FIELDS)
+        await store.upsert(COLL, group_points(["a"], per_group=5))
+        assert len(await store.search(COLL, [1, 0, 0, 0], where={"group": "a"})) == 5
+        assert _edge_search_threads() - before == expected
+    finally:
+        await store.close()
+
+
+def test_edge_refuses_an_empty_search_pool(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="search_threads"):
+        EdgeVectorStore(tmp_path, search_threads=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from learnloop.api.memory_routes import _conflict_keys, _conflicts
+from learnloop.api.context_route import _conflict_keys, _conflicts
 from processors.context import assemble_prefix
 from processors.synthesis.text import contradiction
 from tests.unit.test_memory_ops import item, snap
