@@ -2,10 +2,12 @@
 
 Per micro-batch: decode each event (bad ones become dead letters), re-route
 events whose Kafka key is not their interaction id, fold each into its
-interaction's slot, deliver signals and dead letters, then write each touched
-slot once. A timer releases feedback that waited too long for its interaction,
-asks the judge about sampled interactions nobody gave feedback on (when the judge
-is on), and drops slots past their retention.
+interaction's slot, deliver the signals (bundled per signals partition, see
+``streams.signal_bundles``) and dead letters, then write each touched slot once.
+A timer releases feedback that waited too long for its interaction (one message
+per signal: few, and it keeps that path as it was), asks the judge about sampled
+interactions nobody gave feedback on (when the judge is on), and drops slots past
+their retention.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from streams.dead_letters import dead_letter
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 from streams.partitioning import default_partition, partition_count
+from streams.signal_bundles import bundle_records
 
 if TYPE_CHECKING:
     from streams.app import WorkerApp
@@ -77,8 +80,9 @@ async def _join_batch(app: WorkerApp, events: list[Any]) -> None:
     table = app.join_slots
     touched: dict[str, tuple[int, JoinSlot]] = {}
     out: list[Outgoing] = []
+    released: list[Signal] = []
     types: Counter[str] = Counter()
-    duplicates = signals_out = 0
+    duplicates = 0
     partitions = partition_count(app, app.settings.topics.events, app.settings.partitions)
     for event in events:
         message = event.message
@@ -125,16 +129,16 @@ async def _join_batch(app: WorkerApp, events: list[Any]) -> None:
             app.judge_slots[slot_key] = candidate["due_ms"]
         else:
             app.judge_slots.pop(slot_key, None)
-        out.extend(_signal_out(app, s) for s in signals)
-        signals_out += len(signals)
+        released.extend(signals)
         out.extend(_dead_out(app, d, source) for d in dead)
+    out.extend(bundle_records(app, released))
     await deliver(STAGE, out, app.settings.external_timeout_s)
     # metrics once per batch and label: a labels() lookup per event cost ~3% of the worker
     for kind, count in types.items():
         metrics.EVENTS_IN.labels(STAGE, kind).inc(count)
     if duplicates:
         metrics.DUPLICATES.labels(STAGE).inc(duplicates)
-    metrics.EVENTS_OUT.labels(STAGE, "signal").inc(signals_out)
+    metrics.EVENTS_OUT.labels(STAGE, "signal").inc(len(released))
     await table.write_batch(
         STAGE,
         [(key, [partition, slot], partition) for key, (partition, slot) in touched.items()],
