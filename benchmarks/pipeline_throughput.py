@@ -109,9 +109,20 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def worker_pid(process: subprocess.Popen[bytes], profiled: bool) -> int:
+    """The worker's pid: py-spy's child when profiling (py-spy's own RSS is not the worker's)."""
+    if not profiled:
+        return process.pid
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    try:
+        return int(children.read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return process.pid
+
+
 def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
-               expected_events: int, workdir: Path, profile: Path | None = None
-               ) -> dict[str, float]:
+               expected_events: int, workdir: Path, profile: Path | None = None,
+               py_spy_args: str = "--rate 50") -> dict[str, float]:
     port = free_port()
     env = {**os.environ, **env_extra, "LEARNLOOP_KAFKA_BOOTSTRAP": bootstrap,
            "LEARNLOOP_WORKER_WEB_PORT": str(port), "LEARNLOOP_LOG_FORMAT": "json",
@@ -119,8 +130,8 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
     log = (workdir / "worker.log").open("wb")
     command = [sys.executable, "-m", "learnloop", "worker"]
     if profile is not None:  # sample the worker with py-spy (pip install py-spy)
-        command = ["py-spy", "record", "--format", "raw", "--rate", "50", "-o", str(profile),
-                   "--", *command]
+        command = ["py-spy", "record", "--format", "raw", *py_spy_args.split(), "-o",
+                   str(profile), "--", *command]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/metrics"
     first = last = None
@@ -135,7 +146,7 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
                 continue
             joined = metric(text, "learnloop_events_in_total", stage="join")
             aggregated = metric(text, "learnloop_events_in_total", stage="aggregate")
-            peak_rss = max(peak_rss, rss_mb(process.pid))
+            peak_rss = max(peak_rss, rss_mb(worker_pid(process, profile is not None)))
             now = time.perf_counter()
             if joined > 0 and first is None:
                 first = now
@@ -163,6 +174,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="py-spy raw stacks of the worker here")
+    parser.add_argument("--py-spy-args", default="--rate 50",
+                        help="extra py-spy record options, e.g. '--rate 100 --idle --threads'")
     args = parser.parse_args()
     events = make_events(args.events)
     signals = sum(len(resolve_groups(e["user_id"], e["team_id"], e["org_id"], {}, ()))
@@ -182,7 +195,7 @@ def main() -> None:
         raw_decode = asyncio.run(raw_consume(broker.bootstrap, settings.topics.events,
                                              len(events), decode=True))
         worker = run_worker(broker.bootstrap, env_extra, signals, len(events), Path(tmp),
-                            args.profile)
+                            args.profile, args.py_spy_args)
     rows = [
         ("aiokafka produce (EventProducer, Avro, batched)", produce_rate),
         ("raw aiokafka consume, count only", raw_count),
