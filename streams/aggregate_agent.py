@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from learnloop import metrics
-from processors.aggregate import GroupState, apply_signals
+from processors.aggregate import GroupState, apply_signals, copy_state
 from processors.groups import scope_of
 from processors.signals import Signal, signal_problem
 from streams.dead_letters import dead_letter
@@ -63,7 +63,9 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
     policy_of = app.settings.policy.for_scope
     states: dict[str, GroupState] = {}
     for group, signals in by_group.items():
-        before = app.group_state.snapshot(group)
+        stored = app.group_state.data.get(group)
+        # a private copy: the table changes only in write_batch, after delivery
+        before = None if stored is None else copy_state(stored)
         state, triggers = apply_signals(
             before, signals, now, policy_of(scope_of(group)), app.aggregate_limits
         )
