@@ -109,6 +109,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_pid(process: subprocess.Popen[bytes], profiled: bool) -> int:
     """The worker's pid: py-spy's child when profiling (py-spy's own RSS is not the worker's)."""
     if not profiled:
@@ -135,6 +141,7 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/metrics"
     first = last = None
+    cpu_first = cpu_last = 0.0
     peak_rss = 0.0
     try:
         deadline = time.time() + 900
@@ -150,8 +157,10 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
             now = time.perf_counter()
             if joined > 0 and first is None:
                 first = now
+                cpu_first = cpu_seconds(worker_pid(process, profile is not None))
             if aggregated >= expected_signals and joined >= expected_events:
                 last = now
+                cpu_last = cpu_seconds(worker_pid(process, profile is not None))
                 (workdir.parent / "worker-metrics.txt").write_text(text)
                 break
             time.sleep(0.1)
@@ -166,7 +175,9 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
         raise SystemExit(f"worker did not finish; see {workdir / 'worker.log'}")
     elapsed = last - first
     return {"events_per_s": expected_events / elapsed, "signals_per_s": expected_signals / elapsed,
-            "seconds": elapsed, "peak_rss_mb": peak_rss}
+            "seconds": elapsed, "peak_rss_mb": peak_rss,
+            "cpu_busy": (cpu_last - cpu_first) / elapsed,
+            "cpu_us_per_event": (cpu_last - cpu_first) * 1e6 / expected_events}
 
 
 def main() -> None:
@@ -209,6 +220,9 @@ def main() -> None:
         print(f"{name:<58} {value:>12,.0f}")
     print(f"{'worker / raw consume+decode':<58} {worker['events_per_s'] / raw_decode:>12.2%}")
     print(f"{'worker peak RSS (MB)':<58} {worker['peak_rss_mb']:>12.0f}")
+    print(f"{'worker CPU while timed (1.00 = one core busy)':<58} {worker['cpu_busy']:>12.2f}")
+    print(f"{'worker CPU per event (µs; less noisy than events/s)':<58} "
+          f"{worker['cpu_us_per_event']:>12.0f}")
     if args.json:
         args.json.write_bytes(orjson.dumps({"events": args.events, "signals": signals,
                                             "rows": dict(rows), "worker": worker},
