@@ -75,23 +75,8 @@ async def true_end_offsets(
     return ends
 
 
-#: how long a fetch may wait at the broker for records (Faust hard-codes 1,500 ms)
-FETCH_MAX_WAIT_MS = 100
-
-
 class TrueEndOffsetsConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread with high watermarks that count records, not batches.
-
-    Its fetches also wait at most :data:`FETCH_MAX_WAIT_MS` at the broker: Tansu does
-    not answer a parked fetch when records arrive, so with Faust's 1,500 ms every
-    hop between agents (events, signals, synthesis requests) that found its
-    partitions empty waited the full 1.5 s (see docs/BENCHMARKS.md, latency).
-    """
-
-    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the fetcher starts
-        return consumer
+    """Faust's consumer thread with high watermarks that count records, not batches."""
 
     async def _highwaters(self, partitions: Any) -> Mapping[TP, int]:
         reported = await super()._highwaters(partitions)
