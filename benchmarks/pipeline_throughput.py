@@ -109,9 +109,26 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pid(process: subprocess.Popen[bytes], profiled: bool) -> int:
+    """The worker's pid: py-spy's child when profiling (py-spy's own RSS is not the worker's)."""
+    if not profiled:
+        return process.pid
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    try:
+        return int(children.read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return process.pid
+
+
 def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
-               expected_events: int, workdir: Path, profile: Path | None = None
-               ) -> dict[str, float]:
+               expected_events: int, workdir: Path, profile: Path | None = None,
+               py_spy_args: str = "--rate 50") -> dict[str, float]:
     port = free_port()
     env = {**os.environ, **env_extra, "LEARNLOOP_KAFKA_BOOTSTRAP": bootstrap,
            "LEARNLOOP_WORKER_WEB_PORT": str(port), "LEARNLOOP_LOG_FORMAT": "json",
@@ -119,11 +136,12 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
     log = (workdir / "worker.log").open("wb")
     command = [sys.executable, "-m", "learnloop", "worker"]
     if profile is not None:  # sample the worker with py-spy (pip install py-spy)
-        command = ["py-spy", "record", "--format", "raw", "--rate", "50", "-o", str(profile),
-                   "--", *command]
+        command = ["py-spy", "record", "--format", "raw", *py_spy_args.split(), "-o",
+                   str(profile), "--", *command]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/metrics"
     first = last = None
+    cpu_first = cpu_last = 0.0
     peak_rss = 0.0
     try:
         deadline = time.time() + 900
@@ -135,12 +153,14 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
                 continue
             joined = metric(text, "learnloop_events_in_total", stage="join")
             aggregated = metric(text, "learnloop_events_in_total", stage="aggregate")
-            peak_rss = max(peak_rss, rss_mb(process.pid))
+            peak_rss = max(peak_rss, rss_mb(worker_pid(process, profile is not None)))
             now = time.perf_counter()
             if joined > 0 and first is None:
                 first = now
+                cpu_first = cpu_seconds(worker_pid(process, profile is not None))
             if aggregated >= expected_signals and joined >= expected_events:
                 last = now
+                cpu_last = cpu_seconds(worker_pid(process, profile is not None))
                 (workdir.parent / "worker-metrics.txt").write_text(text)
                 break
             time.sleep(0.1)
@@ -155,7 +175,9 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
         raise SystemExit(f"worker did not finish; see {workdir / 'worker.log'}")
     elapsed = last - first
     return {"events_per_s": expected_events / elapsed, "signals_per_s": expected_signals / elapsed,
-            "seconds": elapsed, "peak_rss_mb": peak_rss}
+            "seconds": elapsed, "peak_rss_mb": peak_rss,
+            "cpu_busy": (cpu_last - cpu_first) / elapsed,
+            "cpu_us_per_event": (cpu_last - cpu_first) * 1e6 / expected_events}
 
 
 def main() -> None:
@@ -163,6 +185,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="py-spy raw stacks of the worker here")
+    parser.add_argument("--py-spy-args", default="--rate 50",
+                        help="extra py-spy record options, e.g. '--rate 100 --idle --threads'")
     args = parser.parse_args()
     events = make_events(args.events)
     signals = sum(len(resolve_groups(e["user_id"], e["team_id"], e["org_id"], {}, ()))
@@ -182,7 +206,7 @@ def main() -> None:
         raw_decode = asyncio.run(raw_consume(broker.bootstrap, settings.topics.events,
                                              len(events), decode=True))
         worker = run_worker(broker.bootstrap, env_extra, signals, len(events), Path(tmp),
-                            args.profile)
+                            args.profile, args.py_spy_args)
     rows = [
         ("aiokafka produce (EventProducer, Avro, batched)", produce_rate),
         ("raw aiokafka consume, count only", raw_count),
@@ -196,6 +220,9 @@ def main() -> None:
         print(f"{name:<58} {value:>12,.0f}")
     print(f"{'worker / raw consume+decode':<58} {worker['events_per_s'] / raw_decode:>12.2%}")
     print(f"{'worker peak RSS (MB)':<58} {worker['peak_rss_mb']:>12.0f}")
+    print(f"{'worker CPU while timed (1.00 = one core busy)':<58} {worker['cpu_busy']:>12.2f}")
+    print(f"{'worker CPU per event (µs; less noisy than events/s)':<58} "
+          f"{worker['cpu_us_per_event']:>12.0f}")
     if args.json:
         args.json.write_bytes(orjson.dumps({"events": args.events, "signals": signals,
                                             "rows": dict(rows), "worker": worker},

@@ -36,3 +36,34 @@ class DeadLetter(TypedDict):
     reason: str
     detail: str
     event_id: str | None
+
+
+def signal_problem(value: Any) -> str | None:
+    """What makes a decoded value unusable as a :class:`Signal`, or None if it is one.
+
+    Signals arrive many to a message; checking each one lets a single bad one be
+    dead-lettered on its own instead of failing the whole message.
+    """
+    if not isinstance(value, dict):
+        return f"not an object: {type(value).__name__}"
+    for name, kind in _REQUIRED:
+        if not isinstance(value.get(name), kind):
+            return f"field {name}: expected {kind.__name__}"
+    origin = value.get("origin")
+    if origin is not None and not (
+        isinstance(origin, list) and len(origin) == 3 and all(isinstance(x, int) for x in origin)
+    ):
+        return "field origin: expected null or [partition, offset, index]"
+    return None
+
+
+_REQUIRED: tuple[tuple[str, type], ...] = (
+    ("signal_id", str),
+    ("group", str),
+    ("event_id", str),
+    ("type", str),
+    ("timestamp", int),
+    ("user_id", str),
+    ("payload", dict),
+    ("flags", list),
+)

@@ -1,8 +1,12 @@
 """Agent: signals (keyed by group) -> per-group state -> synthesis triggers.
 
-Per micro-batch: decode the signals, fold each group's signals into its state
-with one processor call, deliver any triggers, then write each touched group
-once, so changelog traffic grows with groups touched, not with events.
+Per micro-batch: decode the signals (bundles of many from the join, or a lone
+control signal from the memory stage), fold each group's
+signals into its state with one processor call, deliver any triggers, then write
+each touched group once, so changelog traffic grows with groups touched, not with
+events. A signal's position is ``offset * POSITION_STRIDE + index`` in its
+message, so replays of the signals topic are recognised per signal, not per
+message.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import orjson
 import structlog
 
 from learnloop import metrics
-from processors.aggregate import GroupState, apply_signals
+from processors.aggregate import GroupState, apply_signals, copy_state
 from processors.groups import scope_of
-from processors.signals import Signal
+from processors.signals import Signal, signal_problem
 from streams.dead_letters import dead_letter
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
+from streams.signal_bundles import POSITION_STRIDE, unbundle
 
 if TYPE_CHECKING:
     from streams.app import WorkerApp
@@ -38,32 +43,29 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
     for event in events:
         message = event.message
         try:
-            signal: Signal = orjson.loads(message.value)
-            group = signal["group"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            out.append(
-                dead_letter(
-                    app,
-                    "bad_signal",
-                    type(exc).__name__,
-                    value=message.value,
-                    key=message.key,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                )
-            )
+            decoded = unbundle(message.value)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            out.append(_bad(app, message, type(exc).__name__, message.value))
             continue
-        types[signal["type"]] += 1
-        by_group[group].append((message.offset, signal))
-        partitions[group] = message.partition
+        base = message.offset * POSITION_STRIDE
+        for index, signal in enumerate(decoded):
+            problem = signal_problem(signal)
+            if problem is not None:
+                out.append(_bad(app, message, problem, orjson.dumps(signal)))
+                continue
+            group = signal["group"]
+            types[signal["type"]] += 1
+            by_group[group].append((base + index, signal))
+            partitions[group] = message.partition
     for kind, count in types.items():
         metrics.EVENTS_IN.labels(STAGE, kind).inc(count)
     now = now_ms()
     policy_of = app.settings.policy.for_scope
     states: dict[str, GroupState] = {}
     for group, signals in by_group.items():
-        before = app.group_state.snapshot(group)
+        stored = app.group_state.data.get(group)
+        # a private copy: the table changes only in write_batch, after delivery
+        before = None if stored is None else copy_state(stored)
         state, triggers = apply_signals(
             before, signals, now, policy_of(scope_of(group)), app.aggregate_limits
         )
@@ -89,14 +91,28 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
 
 
+def _bad(app: WorkerApp, message: Any, detail: str, value: bytes) -> Outgoing:
+    """A dead letter for one undecodable message, or one bad signal inside a bundle."""
+    return dead_letter(
+        app,
+        "bad_signal",
+        detail,
+        value=value,
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )
+
+
 def register(app: WorkerApp) -> None:
     settings = app.settings
 
     @app.agent(app.signals_topic, name="aggregate")  # type: ignore[misc]
     async def aggregate(stream: Any) -> None:
-        async for events in stream.noack_take(
-            settings.batch_max_events, within=settings.batch_max_wait_s
-        ):
+        # a message carries up to SIGNALS_PER_BUNDLE signals: take fewer messages
+        size = max(8, settings.batch_max_events // 100)
+        async for events in stream.noack_take(size, within=settings.batch_max_wait_s):
             async with app.in_flight:
                 await run_isolated(app, STAGE, list(events), aggregate_batch)
                 await ack_all(stream, events)

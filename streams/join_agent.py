@@ -2,9 +2,10 @@
 
 Per micro-batch: decode each event (bad ones become dead letters), re-route
 events whose Kafka key is not their interaction id, fold each into its
-interaction's slot, deliver signals and dead letters, then write each touched
-slot once. A timer appends release markers for feedback that waited too long for
-its interaction (released when the batch loop reads them: see
+interaction's slot, deliver the signals (bundled per signals partition, see
+``streams.signal_bundles``) and dead letters, then write each touched slot once.
+A timer appends release markers for feedback that waited too long for its
+interaction (released when the batch loop reads them, into the same bundles: see
 :mod:`schemas.control`), asks the judge about sampled interactions nobody gave
 feedback on (when the judge is on), and drops slots past their retention.
 """
@@ -36,6 +37,7 @@ from streams.dead_letters import dead_letter
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 from streams.partitioning import default_partition, partition_count
+from streams.signal_bundles import bundle_records
 
 if TYPE_CHECKING:
     from streams.app import WorkerApp
@@ -43,12 +45,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 STAGE = "join"
 SWEEP_EVERY = 60
-
-
-def _signal_out(app: WorkerApp, signal: Signal) -> Outgoing:
-    return Outgoing(
-        topic=app.signals_topic, key=signal["group"].encode(), value=orjson.dumps(signal)
-    )
 
 
 def _judge_out(app: WorkerApp, request: JudgeRequest, partition: int) -> Outgoing:
@@ -87,15 +83,17 @@ async def _join_batch(app: WorkerApp, events: list[Any]) -> None:
     table = app.join_slots
     touched: dict[str, tuple[int, JoinSlot]] = {}
     out: list[Outgoing] = []
+    released: list[Signal] = []
     types: Counter[str] = Counter()
-    duplicates = signals_out = 0
+    duplicates = 0
     partitions = partition_count(app, app.settings.topics.events, app.settings.partitions)
     for event in events:
         message = event.message
         source = (message.topic, message.partition, message.offset)
         kind = control_kind(message.headers)
         if kind is not None:
-            _control(app, message, kind, touched, out, now)
+            # its signals join the batch's bundles in log order: origins stay increasing
+            released.extend(_control(app, message, kind, touched, out, now))
             continue
         try:
             record = app.codec.decode(message.value)
@@ -139,16 +137,16 @@ async def _join_batch(app: WorkerApp, events: list[Any]) -> None:
             app.judge_slots[slot_key] = candidate["due_ms"]
         else:
             app.judge_slots.pop(slot_key, None)
-        out.extend(_signal_out(app, s) for s in signals)
-        signals_out += len(signals)
+        released.extend(signals)
         out.extend(_dead_out(app, d, source) for d in dead)
+    out.extend(bundle_records(app, released))
     await deliver(STAGE, out, app.settings.external_timeout_s)
     # metrics once per batch and label: a labels() lookup per event cost ~3% of the worker
     for kind, count in types.items():
         metrics.EVENTS_IN.labels(STAGE, kind).inc(count)
     if duplicates:
         metrics.DUPLICATES.labels(STAGE).inc(duplicates)
-    metrics.EVENTS_OUT.labels(STAGE, "signal").inc(signals_out)
+    metrics.EVENTS_OUT.labels(STAGE, "signal").inc(len(released))
     await table.write_batch(
         STAGE,
         [(key, [partition, slot], partition) for key, (partition, slot) in touched.items()],
@@ -165,8 +163,12 @@ def _control(
     touched: dict[str, tuple[int, JoinSlot]],
     out: list[Outgoing],
     now: int,
-) -> None:
-    """A control record in the events topic: today only release markers."""
+) -> list[Signal]:
+    """A control record in the events topic (today only release markers): its signals.
+
+    Dead letters go to ``out``; the signals go back to the caller, which bundles them
+    with the batch's others in log order.
+    """
     source = (message.topic, message.partition, message.offset)
     try:
         if kind != RELEASE:
@@ -186,20 +188,19 @@ def _control(
                 errors=exc.errors,
             )
         )
-        return
+        return []
     slot_key = marker["interaction_id"]
     current = touched.get(slot_key)
     slot = current[1] if current else _load(app.join_slots, slot_key)
     slot, signals, dead = release(
         slot, marker["event_ids"], (message.partition, message.offset), now, app.join_config
     )
-    if slot is None:
-        return
-    touched[slot_key] = (message.partition, slot)
-    out.extend(_signal_out(app, s) for s in signals)
-    out.extend(_dead_out(app, d, source) for d in dead)
     metrics.EVENTS_IN.labels(STAGE, "release").inc()
-    metrics.EVENTS_OUT.labels(STAGE, "signal").inc(len(signals))
+    if slot is None:
+        return []
+    touched[slot_key] = (message.partition, slot)
+    out.extend(_dead_out(app, d, source) for d in dead)
+    return signals
 
 
 def _load(table: Any, key: str) -> JoinSlot | None:

@@ -7,8 +7,6 @@ import random
 from collections import Counter, defaultdict
 from typing import Any
 
-import orjson
-
 from learnloop.producer import EventProducer
 from processors.groups import resolve_groups
 from tests.factories import feedback, interaction
@@ -143,5 +141,7 @@ def signals_in_topic(env: dict[str, str], groups: set[str]) -> dict[str, Counter
 
 
 def _signals_of(value: bytes) -> list[Any]:
-    """The signals in one message of the signals topic (one per message)."""
-    return [orjson.loads(value)]
+    """The signals in one message of the signals topic (a bundle, or a lone signal)."""
+    from streams.signal_bundles import unbundle
+
+    return unbundle(value)

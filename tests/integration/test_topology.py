@@ -30,6 +30,7 @@ from learnloop.embedded.broker import EmbeddedBroker
 from learnloop.settings import Settings, TopicNames
 from learnloop.topics import ensure_topics
 from schemas import EventCodec, from_json_event
+from streams.signal_bundles import unbundle
 from tests.conftest import WorkerProcess, read_group_states, read_records, unique_env, wait_until
 from tests.factories import feedback, interaction
 from tests.integration.streams_helpers import emit
@@ -365,7 +366,7 @@ def test_feedback_whose_interaction_never_comes_is_processed_after_the_wait(
     assert dict(marker.headers) == {"learnloop.control": b"release"}
     assert orjson.loads(marker.value) == {"interaction_id": iid, "event_ids": [f"{iid}-x"]}
     signals = read_records(stack.bootstrap, stack.env["LEARNLOOP_TOPICS__SIGNALS"], PARTITIONS)
-    released = [orjson.loads(r.value) for r in signals if iid.encode() in r.value]
+    released = [s for r in signals if iid.encode() in r.value for s in unbundle(r.value)]
     origins = [s["origin"] for s in released if s.get("event_id") == f"{iid}-x"]
     assert len(origins) >= 4  # user, team, org, global
     assert {tuple(o[:2]) for o in origins} == {(marker.partition, marker.offset)}
@@ -457,3 +458,52 @@ def test_one_loud_user_cannot_trigger_a_team_rule_alone(stacks: dict[str, Stack]
     state = stack.states()[f"team:{team}"]
     assert state["distinct_contributors"] == 1
     assert state["triggers_fired"] == 0
+
+
+# --------------------------------------------------------------------------- signal bundles
+
+
+def test_a_bad_signal_in_a_bundle_is_dead_lettered_alone(stacks: dict[str, Stack]) -> None:
+    """Signals travel many to a message: a bad one, or a message that is not JSON,
+    is dead-lettered on its own and the good signals beside it still count."""
+    stack = stacks["main"].ready()
+    group = f"team:{unique('bundle')}"
+    good = {
+        "signal_id": f"{unique('r')}|{group}",
+        "group": group,
+        "origin": None,
+        "event_id": unique("r"),
+        "type": "rating",
+        "timestamp": 1_764_057_600_000,
+        "user_id": unique("u"),
+        "org_id": None,
+        "interaction_id": None,
+        "joined": False,
+        "query": None,
+        "response": None,
+        "payload": {"value": -1},
+        "flags": [],
+    }
+    bad = {**good, "signal_id": "bad", "timestamp": "yesterday"}
+    bundle = orjson.dumps({"signals": [bad, good]})
+    partition = murmur2_partition(group)
+    topic = stack.env["LEARNLOOP_TOPICS__SIGNALS"]
+    asyncio.run(
+        _send_raw(stack.bootstrap, topic, [(None, bundle, partition), (None, b"{nope", partition)])
+    )
+    wait_until(lambda: counts_of(stack.states(), group) == {"rating": 1}, 30, 0.2)
+
+    def dead() -> list[Any] | None:
+        records = read_records(stack.bootstrap, stack.env["LEARNLOOP_TOPICS__DEAD_LETTERS"], 1)
+        found = [
+            r
+            for r in records
+            if dict(r.headers)["learnloop.source"].decode().startswith(f"{topic}/{partition}/")
+            and (r.value == b"{nope" or orjson.loads(r.value).get("signal_id") == "bad")
+        ]
+        return found if len(found) == 2 else None
+
+    records = wait_until(dead, 30, 0.2)
+    assert {dict(r.headers)["learnloop.reason"] for r in records} == {b"bad_signal"}
+    details = sorted(dict(r.headers)["learnloop.detail"].decode() for r in records)
+    assert details == ["JSONDecodeError", "field timestamp: expected int"]

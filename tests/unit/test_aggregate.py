@@ -343,3 +343,63 @@ def test_an_explanation_naming_another_value_of_a_live_choice_triggers_at_once()
     )
     state, fired = apply_signals(state, list(enumerate(other, start=8300)), 0, POLICY.team)
     assert [t["reason"] for t in fired] == ["explained_against_rule"]
+
+
+def _every_kind(prefix: str, users: list[str]):
+    """Signals of every kind folding touches, for ``team:search``: tools, ratings with
+    scores and from the judge, engagement, explanations, edits, new hours."""
+    events = []
+    for n, user in enumerate(users):
+        iid = f"{prefix}i{n}"
+        calls = [{"name": f"tool{n % 3}", "arguments": "", "status": ("ok", "error")[n % 2]}]
+        events.append(
+            interaction(
+                iid, user=user, tool_calls=calls, timestamp=f"2026-11-25T{8 + n:02d}:00:00Z"
+            )
+        )
+        events.append(feedback(f"{prefix}r{n}", "rating", iid, user=user, value=(1, -1)[n % 2]))
+        events.append(feedback(f"{prefix}s{n}", "rating", iid, user=user, score=n % 5, scale=5))
+        events.append(
+            feedback(f"{prefix}d{n}", "rating", iid, user=user, metadata={"derived_by": "judge"})
+        )
+        events.append(feedback(f"{prefix}g{n}", "engagement", iid, user=user, value=1.5))
+        events.append(feedback(f"{prefix}x{n}", "explanation", iid, user=user))
+        events.append(feedback(f"{prefix}e{n}", "edit", iid, user=user))
+    return signals_for(events, "team:search")
+
+
+def test_folding_into_a_copy_leaves_the_original_as_it_was() -> None:
+    """``copy_state`` must copy everything folding changes in place (the aggregate agent
+    folds a batch into a copy so a failed batch leaves the table untouched)."""
+    import orjson
+
+    from processors.aggregate import copy_state
+
+    limits = AggregateLimits(
+        max_recent_ids=5,
+        max_tools=2,
+        max_contributors=3,
+        max_evidence=4,
+        max_rated=3,
+        window_hours=2,
+    )
+    first = _every_kind("a", ["u1", "u2", "u3", "u4"])
+    state, triggers = apply_signals(None, list(enumerate(first)), 0, POLICY.team, limits)
+    assert state["contributors_sketch"] and state["engagement"] and state["tools"]
+    before = orjson.dumps(state)
+    later = _every_kind("b", ["u1", "u5", "u6"])
+    done = _synthesis_done(triggers[0], deferred=[]) if triggers else None
+    forget = {
+        **(done or later[0]),
+        "signal_id": "forget|u1",
+        "type": "_forget_user",
+        "payload": {"user_id": "u1"},
+        "origin": None,
+    }
+    batch = [*later, *([done] if done else []), forget]
+    positions = list(enumerate(batch, start=1000))
+    copied, _ = apply_signals(copy_state(state), positions, 5, POLICY.team, limits)
+    assert orjson.dumps(state) == before  # the original is untouched
+    # and the copy folds exactly as a full (JSON) copy would
+    full, _ = apply_signals(orjson.loads(before), positions, 5, POLICY.team, limits)
+    assert orjson.dumps(copied) == orjson.dumps(full)

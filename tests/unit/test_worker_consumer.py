@@ -83,3 +83,73 @@ def test_partitions_never_committed_are_read_from_their_beginning(
     committed = asyncio.run(consumer.seek_to_committed())
     assert committed == {never: None, zero: 0, later: 42}
     assert sorted(sought) == [(never, 0), (zero, 0)]
+
+
+def _consumer_on_a_new_loop() -> WorkerConsumer:
+    """A consumer whose app (and so whose events) use a loop of its own, closed after."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    return _consumer()
+
+
+async def _deliver(log: list[str], gate: asyncio.Event | None = None) -> str:
+    if gate is not None:
+        await gate.wait()
+    log.append("delivered")
+    return "ok"
+
+
+def test_a_record_is_delivered_with_the_waits_shared_across_records() -> None:
+    consumer = _consumer_on_a_new_loop()
+
+    async def run() -> None:
+        log: list[str] = []
+        first = await consumer.wait_first(_deliver(log), consumer.suspend_flow.wait())
+        shared = dict(consumer._flow_waiters or {})
+        second = await consumer.wait_first(_deliver(log), consumer.suspend_flow.wait())
+        assert log == ["delivered", "delivered"]
+        assert first.results == second.results == ["ok"] and not second.stopped
+        assert len(shared) == 3 and shared == consumer._flow_waiters  # not made anew
+        await consumer.on_stop()
+        await asyncio.sleep(0)
+        assert all(w.cancelled() for w in shared.values())
+
+    _apps[-1].loop.run_until_complete(run())  # the loop the consumer's events use
+
+
+def test_suspending_the_flow_cancels_a_delivery_that_waits() -> None:
+    consumer = _consumer_on_a_new_loop()
+
+    async def run() -> None:
+        log: list[str] = []
+        gate = asyncio.Event()  # a full stream buffer: the delivery waits
+        waiting = asyncio.ensure_future(
+            consumer.wait_first(_deliver(log, gate), consumer.suspend_flow.wait())
+        )
+        await asyncio.sleep(0.01)
+        consumer.stop_flow()  # a rebalance
+        result = await asyncio.wait_for(waiting, 1)
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert result.stopped and log == []  # cancelled, never delivered
+        # while the flow is suspended the call is mode's own, unchanged
+        consumer.resume_flow()
+        consumer.stop_flow()
+        result = await consumer.wait_first(_deliver(log), consumer.suspend_flow.wait())
+        assert log == ["delivered"] and result.results  # delivered as mode would
+        await consumer.on_stop()
+
+    _apps[-1].loop.run_until_complete(run())  # the loop the consumer's events use
+
+
+def test_a_failed_delivery_raises_out_of_the_fetch_loop() -> None:
+    consumer = _consumer_on_a_new_loop()
+
+    async def fail() -> None:
+        raise RuntimeError("boom")
+
+    async def run() -> None:
+        with pytest.raises(RuntimeError, match="boom"):
+            await consumer.wait_first(fail(), consumer.suspend_flow.wait())
+        await consumer.on_stop()
+
+    _apps[-1].loop.run_until_complete(run())  # the loop the consumer's events use
