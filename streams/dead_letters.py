@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from learnloop import metrics
@@ -44,4 +46,25 @@ def dead_letter(
         key=key[:1024] if key else key,
         value=body,
         headers=headers,
+    )
+
+
+def rejected(
+    app: object,
+    message: Any,
+    reason: str,
+    detail: str,
+    errors: list[tuple[str, str]] | None = None,
+) -> Outgoing:
+    """A dead letter for a consumed Kafka message, as it came, and where it came from."""
+    return dead_letter(
+        app,
+        reason,
+        detail,
+        value=message.value,
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        errors=errors,
     )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from streams.dead_letters import dead_letter
+from streams.dead_letters import rejected
 from streams.outputs import deliver
 
 if TYPE_CHECKING:
@@ -52,16 +52,7 @@ async def _dead_letter(app: WorkerApp, stage: str, event: Any, exc: Exception) -
     message = event.message
     source = f"{message.topic}/{message.partition}/{message.offset}"
     try:
-        record = dead_letter(
-            app,
-            "processing_error",
-            f"{stage}: {type(exc).__name__}",
-            value=message.value,
-            key=message.key,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-        )
+        record = rejected(app, message, "processing_error", f"{stage}: {type(exc).__name__}")
         await deliver(stage, [record], app.settings.external_timeout_s)
     except Exception:
         log.exception(

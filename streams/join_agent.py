@@ -33,7 +33,7 @@ from processors.judging import JudgeRequest
 from processors.signals import DeadLetter, Signal
 from schemas import DecodeError
 from schemas.control import RELEASE, ReleaseMarker, control_kind, decode_release, encode_release
-from streams.dead_letters import dead_letter
+from streams.dead_letters import dead_letter, rejected
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 from streams.partitioning import default_partition, partition_count
@@ -98,19 +98,7 @@ async def _join_batch(app: WorkerApp, events: list[Any]) -> None:
         try:
             record = app.codec.decode(message.value)
         except DecodeError as exc:
-            out.append(
-                dead_letter(
-                    app,
-                    exc.reason,
-                    exc.detail,
-                    value=message.value,
-                    key=message.key,
-                    topic=source[0],
-                    partition=source[1],
-                    offset=source[2],
-                    errors=exc.errors,
-                )
-            )
+            out.append(rejected(app, message, exc.reason, exc.detail, exc.errors))
             continue
         types[record["type"]] += 1
         slot_key = record["interaction_id"] or record["event_id"]
@@ -175,19 +163,7 @@ def _control(
             raise DecodeError("unknown_control", f"unknown control record {kind[:40]!r}")
         marker = decode_release(message.value)
     except DecodeError as exc:
-        out.append(
-            dead_letter(
-                app,
-                exc.reason,
-                exc.detail,
-                value=message.value,
-                key=message.key,
-                topic=source[0],
-                partition=source[1],
-                offset=source[2],
-                errors=exc.errors,
-            )
-        )
+        out.append(rejected(app, message, exc.reason, exc.detail, exc.errors))
         return []
     slot_key = marker["interaction_id"]
     current = touched.get(slot_key)

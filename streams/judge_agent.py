@@ -26,7 +26,7 @@ from learnloop.synthesis.errors import SynthesisUnavailable
 from learnloop.synthesis.judge import JUDGE_LABEL, as_event, judge
 from processors.judging import JudgeRequest, deferred
 from schemas.validate import from_json_event
-from streams.dead_letters import dead_letter
+from streams.dead_letters import rejected
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 
@@ -132,18 +132,7 @@ async def judge_batch(app: WorkerApp, events: list[Any]) -> None:
             request_id = request["request_id"]
             not_before = int(request["not_before_ms"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            out.append(
-                dead_letter(
-                    app,
-                    "bad_judge_request",
-                    type(exc).__name__,
-                    value=message.value,
-                    key=message.key,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                )
-            )
+            out.append(rejected(app, message, "bad_judge_request", type(exc).__name__))
             continue
         if not_before > now:
             later.append(_again(app, request, message.partition))

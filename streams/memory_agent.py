@@ -27,7 +27,7 @@ from processors.consolidate import live_choices
 from processors.memory import MemoryCommand, Snapshot
 from processors.memory_ops import apply_command, empty_snapshot, next_snapshot
 from processors.signals import Signal
-from streams.dead_letters import dead_letter
+from streams.dead_letters import rejected
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 
@@ -133,18 +133,7 @@ async def memory_batch(app: WorkerApp, events: list[Any]) -> None:
             value = orjson.loads(message.value)
             group = value["group"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            out.append(
-                dead_letter(
-                    app,
-                    "bad_memory_input",
-                    type(exc).__name__,
-                    value=message.value,
-                    key=message.key,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                )
-            )
+            out.append(rejected(app, message, "bad_memory_input", type(exc).__name__))
             continue
         stored = touched[group][1] if group in touched else app.memory.get(group)
         state: dict[str, Any] = stored or {"snapshot": empty_snapshot(group), "applied": []}

@@ -281,23 +281,16 @@ class OfflineSynthesizer:
                 skipped += [skip(entries[i][0], "insufficient_support", detail) for i in spoken]
                 continue
             text = rules[_most_central(spoken, sims, rules)]
-            prov = provenance(
-                group,
-                synthesizer=self.name,
-                prompt_version=self.prompt_version,
-                derived_by="explanation_cluster",
-                trigger=trigger,
-            )
-            item = new_item(
+            item = self._item(
                 trigger,
                 "rule",
                 rule_key(text),
                 text,
+                group,
+                derived_by="explanation_cluster",
                 strength=support,
                 support=int(support),
                 now_ms=now_ms,
-                prov=prov,
-                supported_ms=last_support_ms(group, now_ms),
             )
             proposals.append((item, group))
         return _strongest_of_contradictions(proposals, skipped)
@@ -349,8 +342,16 @@ class OfflineSynthesizer:
         for key, group in corrections.items():
             explanation, original, edited, query = details[key]
             support, _ = capped_support(group, policy)
-            item = self._edit_item(
-                trigger, "correction", key, explanation, group, support, len(group), now_ms
+            item = self._item(
+                trigger,
+                "correction",
+                key,
+                explanation,
+                group,
+                derived_by="edit_diff",
+                strength=support,
+                support=len(group),
+                now_ms=now_ms,
             )
             item["query"] = query
             item["response"] = original
@@ -365,15 +366,16 @@ class OfflineSynthesizer:
             old, new = wording[sub_key]
             text = f"Use '{new}' instead of '{old}'."
             items.append(
-                self._edit_item(
+                self._item(
                     trigger,
                     "rule",
                     f"substitution:{sub_key[0]}>{sub_key[1]}",
                     text,
                     group,
-                    support,
-                    int(support),
-                    now_ms,
+                    derived_by="edit_diff",
+                    strength=support,
+                    support=int(support),
+                    now_ms=now_ms,
                 )
             )
         for phrase_key, group in sorted(insertions.items()):
@@ -394,48 +396,50 @@ class OfflineSynthesizer:
                 continue
             text = f"Include {phrase}."
             items.append(
-                self._edit_item(
+                self._item(
                     trigger,
                     "rule",
                     f"insertion:{phrase_key}",
                     text,
                     group,
-                    support,
-                    int(support),
-                    now_ms,
+                    derived_by="edit_diff",
+                    strength=support,
+                    support=int(support),
+                    now_ms=now_ms,
                 )
             )
         return items
 
-    def _edit_item(
+    def _item(
         self,
         trigger: Trigger,
         kind: ItemKind,
         key: str,
         text: str,
-        group: list[Evidence],
-        support: float,
-        count: int,
+        evidence: list[Evidence],
+        *,
+        derived_by: str,
+        strength: float,
+        support: int,
         now_ms: int,
     ) -> MemoryItem:
-        """An item derived from edits: a correction, or a rule edits made on their own
-        (a substitution, or a repeated insertion)."""
+        """A candidate item with this synthesizer's provenance over ``evidence``."""
         return new_item(
             trigger,
             kind,
             key,
             text,
-            strength=support,
-            support=count,
+            strength=strength,
+            support=support,
             now_ms=now_ms,
             prov=provenance(
-                group,
+                evidence,
                 synthesizer=self.name,
                 prompt_version=self.prompt_version,
-                derived_by="edit_diff",
+                derived_by=derived_by,
                 trigger=trigger,
             ),
-            supported_ms=last_support_ms(group, now_ms),
+            supported_ms=last_support_ms(evidence, now_ms),
         )
 
     # -- ratings and engagement -> examples ----------------------------------------
@@ -498,22 +502,16 @@ class OfflineSynthesizer:
                 derived = "llm_judge"
             else:
                 derived = "engagement"
-            item = new_item(
+            item = self._item(
                 trigger,
                 kind,
                 key,
                 text,
+                evs,
+                derived_by=derived,
                 strength=abs(score),
                 support=len(agreeing),
                 now_ms=now_ms,
-                prov=provenance(
-                    evs,
-                    synthesizer=self.name,
-                    prompt_version=self.prompt_version,
-                    derived_by=derived,
-                    trigger=trigger,
-                ),
-                supported_ms=last_support_ms(evs, now_ms),
             )
             item["query"] = query or None
             item["response"] = response
@@ -564,22 +562,16 @@ class OfflineSynthesizer:
             text = _tool_rule_text(name, calls, failures, failed[name])
             unique = list({str(ev["event_id"]): ev for ev in group}.values())
             items.append(
-                new_item(
+                self._item(
                     trigger,
                     "tool_rule",
                     f"tool:{name}",
                     text,
+                    unique,
+                    derived_by="tool_failure_pattern",
                     strength=float(users),
                     support=failures,
                     now_ms=now_ms,
-                    prov=provenance(
-                        unique,
-                        synthesizer=self.name,
-                        prompt_version=self.prompt_version,
-                        derived_by="tool_failure_pattern",
-                        trigger=trigger,
-                    ),
-                    supported_ms=last_support_ms(unique, now_ms),
                 )
             )
         for ev in evidence:
