@@ -162,41 +162,37 @@ def test_bad_setting_names_key_and_value(tmp_path: Path) -> None:
     assert b"policy.team.min_users" in result.stderr and b"-1" in result.stderr
 
 
-def test_up_refuses_an_open_address_without_auth_before_starting_anything(
-    tmp_path: Path,
-) -> None:
+def _up_exits_early(tmp_path: Path, *args: str) -> tuple[int, str, bool]:
+    """Run ``learnloop up`` meant to fail: its exit code, its output, and whether a broker
+    was started (the embedded broker writes its log in the data directory)."""
     data = tmp_path / "data"
     env = {**os.environ, "LEARNLOOP_DATA_DIR": str(data), "LEARNLOOP_KAFKA_BOOTSTRAP": ""}
     env.pop("LEARNLOOP_API_KEYS", None)
     result = subprocess.run(
-        [*LEARNLOOP, "up", "--host", "0.0.0.0", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
+        [*LEARNLOOP, "up", *args], env=env, capture_output=True, timeout=60, check=False
     )
     output = (result.stdout + result.stderr).decode()
-    assert result.returncode == 2, output
+    return result.returncode, output, (data / "broker.log").exists()
+
+
+def test_up_refuses_an_open_address_without_auth_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    code, output, broker_started = _up_exits_early(
+        tmp_path, "--host", "0.0.0.0", "--port", str(free_port())
+    )
+    assert code == 2, output
     assert "refusing to serve 0.0.0.0 without authentication" in output
-    assert not (data / "broker.log").exists()  # no broker was started first
+    assert not broker_started
 
 
 def test_up_on_a_taken_port_fails_at_once(tmp_path: Path) -> None:
     """The API socket is bound before the broker and the worker start (and pick ports)."""
-    data = tmp_path / "data"
-    env = {**os.environ, "LEARNLOOP_DATA_DIR": str(data), "LEARNLOOP_KAFKA_BOOTSTRAP": ""}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [*LEARNLOOP, "up", "--port", str(port)],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-    output = (result.stdout + result.stderr).decode()
-    assert result.returncode == 1, output
+        code, output, broker_started = _up_exits_early(tmp_path, "--port", str(port))
+    assert code == 1, output
     assert f"cannot listen on 127.0.0.1:{port}" in output
-    assert not (data / "broker.log").exists()
+    assert not broker_started
