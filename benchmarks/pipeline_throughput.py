@@ -5,7 +5,9 @@ Run: python benchmarks/pipeline_throughput.py --events 50000 [--json out.json]
 
 Steps: start an embedded broker; produce N events (interactions and their
 ratings/explanations, Avro, keyed by interaction); consume them all with a plain
-aiokafka consumer (count only, then with decode) for the baseline; start one
+aiokafka consumer (count only, then with decode) for the baseline; run a bare
+Faust agent with the worker's configuration that only decodes and acks them
+(``faust_floor.py``: the framework's own cost per event); start one
 `learnloop worker` and time it from its first consumed event to the last signal
 aggregated (read from its /metrics), sampling its RSS.
 """
@@ -180,6 +182,36 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
             "cpu_us_per_event": (cpu_last - cpu_first) * 1e6 / expected_events}
 
 
+def run_bare_faust(bootstrap: str, env_extra: dict[str, str], expected_events: int,
+                   workdir: Path) -> dict[str, float]:
+    """Time ``faust_floor.py``: a Faust agent on the events topic that only decodes and acks."""
+    out = workdir / "bare-faust.json"
+    env = {**os.environ, **env_extra, "LEARNLOOP_KAFKA_BOOTSTRAP": bootstrap,
+           "LEARNLOOP_WORKER_WEB_PORT": str(free_port()), "LEARNLOOP_LOG_LEVEL": "warning",
+           "LEARNLOOP_DATA_DIR": str(workdir / "bare")}
+    log = (workdir / "bare-faust.log").open("wb")
+    script = Path(__file__).with_name("faust_floor.py")
+    process = subprocess.Popen([sys.executable, str(script), "--bootstrap", bootstrap,
+                                "--events", str(expected_events), "--out", str(out)],
+                               env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 600
+        while not out.exists() and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+    if not out.exists():
+        raise SystemExit(f"bare Faust agent did not finish; see {workdir / 'bare-faust.log'}")
+    result = orjson.loads(out.read_bytes())
+    return {"events_per_s": result["events"] / result["seconds"],
+            "cpu_us_per_event": result["cpu_seconds"] * 1e6 / result["events"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=50_000)
@@ -205,12 +237,14 @@ def main() -> None:
                                             len(events), decode=False))
         raw_decode = asyncio.run(raw_consume(broker.bootstrap, settings.topics.events,
                                              len(events), decode=True))
+        bare = run_bare_faust(broker.bootstrap, env_extra, len(events), Path(tmp))
         worker = run_worker(broker.bootstrap, env_extra, signals, len(events), Path(tmp),
                             args.profile, args.py_spy_args)
     rows = [
         ("aiokafka produce (EventProducer, Avro, batched)", produce_rate),
         ("raw aiokafka consume, count only", raw_count),
         ("raw aiokafka consume + Avro decode/validate", raw_decode),
+        ("bare Faust agent: take + Avro decode + ack (events/s)", bare["events_per_s"]),
         ("learnloop worker: join + groups + aggregate (events/s)", worker["events_per_s"]),
         ("learnloop worker: signals aggregated/s", worker["signals_per_s"]),
     ]
@@ -219,13 +253,17 @@ def main() -> None:
     for name, value in rows:
         print(f"{name:<58} {value:>12,.0f}")
     print(f"{'worker / raw consume+decode':<58} {worker['events_per_s'] / raw_decode:>12.2%}")
+    share = worker["events_per_s"] / bare["events_per_s"]
+    print(f"{'worker / bare Faust agent':<58} {share:>12.2%}")
     print(f"{'worker peak RSS (MB)':<58} {worker['peak_rss_mb']:>12.0f}")
     print(f"{'worker CPU while timed (1.00 = one core busy)':<58} {worker['cpu_busy']:>12.2f}")
     print(f"{'worker CPU per event (µs; less noisy than events/s)':<58} "
           f"{worker['cpu_us_per_event']:>12.0f}")
+    print(f"{'bare Faust agent CPU per event (µs)':<58} {bare['cpu_us_per_event']:>12.0f}")
     if args.json:
         args.json.write_bytes(orjson.dumps({"events": args.events, "signals": signals,
-                                            "rows": dict(rows), "worker": worker},
+                                            "rows": dict(rows), "worker": worker,
+                                            "bare_faust": bare},
                                            option=orjson.OPT_INDENT_2))
 
 

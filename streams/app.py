@@ -172,43 +172,56 @@ def _synthesizer(settings: Settings, embedder: Embedder) -> Any:
     )
 
 
+def faust_options(settings: Settings, servers: str) -> dict[str, Any]:
+    """The Faust app's configuration for ``settings`` and bootstrap ``servers``.
+
+    Shared with ``benchmarks/pipeline_throughput.py``, whose bare Faust agent
+    measures the framework's own cost per event with exactly the worker's
+    consumer, transport and buffers.
+    """
+    scheme = "tansu" if settings.true_end_offsets else "kafka"
+    commit: Seconds = settings.commit_interval_s
+    return {
+        "broker": ";".join(f"{scheme}://{server}" for server in servers.split(",")),
+        "store": "memory://",
+        "autodiscover": False,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "broker_commit_interval": commit,
+        "broker_max_poll_records": settings.batch_max_events,
+        "stream_buffer_maxsize": max(4096, 2 * settings.batch_max_events),
+        "stream_wait_empty": False,
+        "table_standby_replicas": 0,
+        "web_enabled": True,
+        "web_port": settings.worker_web_port,
+        "web_bind": "0.0.0.0" if settings.api_host == "0.0.0.0" else "127.0.0.1",
+        "web_in_thread": False,
+        "producer_linger_ms": 2,
+        "consumer_auto_offset_reset": "earliest",
+        "datadir": str(settings.data_dir / "worker"),
+        # Faust's 60 s defaults make a join wait up to a minute for members that left
+        # (measured: see README, "Start-up time"); short ones make start and fail-over fast.
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, settings.session_timeout_s / 5),
+        "broker_rebalance_timeout": settings.rebalance_timeout_s,
+    }
+
+
+def use_transport(app: faust.App, settings: Settings) -> None:
+    """Plain ``kafka://`` gets our transport too (``tansu://`` has it by entry point)."""
+    if not settings.true_end_offsets:
+        from streams.transport import KafkaTransport
+
+        app.transport = KafkaTransport(app.conf.broker_consumer, app)
+
+
 def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp:
     """Build the worker app. ``bootstrap`` overrides the settings (embedded broker port)."""
     servers = bootstrap or settings.kafka_bootstrap
     if servers is None:
         raise ValueError("create_app needs a bootstrap server (start the embedded broker first)")
-    scheme = "tansu" if settings.true_end_offsets else "kafka"
-    broker = ";".join(f"{scheme}://{server}" for server in servers.split(","))
-    commit: Seconds = settings.commit_interval_s
-    app = WorkerApp(
-        settings.app_id,
-        broker=broker,
-        store="memory://",
-        autodiscover=False,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        broker_commit_interval=commit,
-        broker_max_poll_records=settings.batch_max_events,
-        stream_buffer_maxsize=max(4096, 2 * settings.batch_max_events),
-        stream_wait_empty=False,
-        table_standby_replicas=0,
-        web_enabled=True,
-        web_port=settings.worker_web_port,
-        web_bind="0.0.0.0" if settings.api_host == "0.0.0.0" else "127.0.0.1",
-        web_in_thread=False,
-        producer_linger_ms=2,
-        consumer_auto_offset_reset="earliest",
-        datadir=str(settings.data_dir / "worker"),
-        # Faust's 60 s defaults make a join wait up to a minute for members that left
-        # (measured: see README, "Start-up time"); short ones make start and fail-over fast.
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 5),
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-    )
-    if scheme == "kafka":  # tansu:// uses streams.transport already (entry point)
-        from streams.transport import KafkaTransport
-
-        app.transport = KafkaTransport(app.conf.broker_consumer, app)
+    app = WorkerApp(settings.app_id, **faust_options(settings, servers))
+    use_transport(app, settings)
     app.settings = settings
     app.codec = make_codec(settings)
     app.join_config = JoinConfig(
