@@ -224,6 +224,10 @@ class Settings(BaseSettings):
     )
     redact_patterns: tuple[str, ...] = ()
     max_text_chars: int = Field(default=65_536, ge=16)
+    #: texts kept in join slots, signals and group state (query, response,
+    #: explanation, edit) are cut to this many UTF-8 bytes; it bounds a group's
+    #: changelog record below Kafka's 1 MB message limit (processors/clip.py)
+    max_kept_text_bytes: int = Field(default=1024, ge=64, le=4096)
 
     @field_validator("kafka_bootstrap", "qdrant_url")
     @classmethod

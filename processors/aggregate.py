@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
+from processors.clip import clip_optional, clip_strings
 from processors.embedding import content_tokens
 from processors.groups import scope_of
 from processors.policy import ScopePolicy
@@ -112,6 +113,10 @@ class AggregateLimits:
     max_rated: int = 32
     window_hours: int = 24
     in_flight_timeout_ms: int = 600_000
+    #: each text in an evidence entry (query, response, explanation, edit) is cut to
+    #: this many UTF-8 bytes, so a state with every buffer full stays well under
+    #: Kafka's 1 MB message limit (see processors.clip)
+    max_text_bytes: int = 1024
 
 
 def new_state(group: str) -> GroupState:
@@ -332,24 +337,25 @@ def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
         if signal["flags"]:
             state["negatives"] += 1
     if kind in EVIDENCE_TYPES or signal["flags"]:
-        state["evidence"].append(_evidence(signal))
+        state["evidence"].append(_evidence(signal, limits.max_text_bytes))
         del state["evidence"][: max(0, len(state["evidence"]) - limits.max_evidence)]
     elif kind in RATED_TYPES and signal["joined"]:
         # rated examples need the response they rate; kept apart so they never crowd
         # out explanations and edits
-        state["rated"].append(_evidence(signal))
+        state["rated"].append(_evidence(signal, limits.max_text_bytes))
         del state["rated"][: max(0, len(state["rated"]) - limits.max_rated)]
 
 
-def _evidence(signal: Signal) -> dict[str, Any]:
+def _evidence(signal: Signal, max_text_bytes: int) -> dict[str, Any]:
     return {
         "event_id": signal["event_id"],
         "type": signal["type"],
         "user_id": signal["user_id"],
         "timestamp": signal["timestamp"],
-        "query": signal["query"],
-        "response": signal["response"],
-        "payload": signal["payload"],
+        "query": clip_optional(signal["query"], max_text_bytes),
+        "response": clip_optional(signal["response"], max_text_bytes),
+        # the payload's strings share a budget: a flagged interaction has up to 64 calls
+        "payload": clip_strings(signal["payload"], max_text_bytes, 3 * max_text_bytes),
         "flags": signal["flags"],
     }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
+from processors.clip import clip, clip_optional, clip_strings
 from processors.groups import DerivedGroupRule, resolve_groups
 from processors.implicit import trajectory_flags
 from processors.judging import (
@@ -70,6 +71,9 @@ class JoinConfig:
     max_seen: int = 256
     max_pending: int = 64
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    #: texts kept in a slot and sent in signals are cut to this many UTF-8 bytes
+    #: (processors.clip): slots live for the whole retention
+    max_text_bytes: int = 1024
 
 
 def empty_slot(now_ms: int) -> JoinSlot:
@@ -90,10 +94,12 @@ def _signals(
     flags: list[str] = []
     query = response = None
     if kind == "interaction":
-        query, response = payload.get("query"), payload.get("response")
-        flags = trajectory_flags(payload.get("tool_calls", []))
+        flags = trajectory_flags(payload.get("tool_calls", []))  # on the arguments as sent
+        query = clip_optional(payload.get("query"), config.max_text_bytes)
+        response = clip_optional(payload.get("response"), config.max_text_bytes)
     elif interaction is not None:
         query, response = interaction["query"], interaction["response"]
+    payload = clip_strings(payload, config.max_text_bytes)
     groups = resolve_groups(
         event["user_id"], event["team_id"], event["org_id"], event["metadata"], config.rules
     )
@@ -163,8 +169,8 @@ def process_event(
     if kind == "interaction":
         payload = event.get("interaction") or {"query": "", "response": ""}
         state["interaction"] = {
-            "query": payload["query"],
-            "response": payload["response"],
+            "query": clip(payload["query"], config.max_text_bytes),
+            "response": clip(payload["response"], config.max_text_bytes),
             "user_id": event["user_id"],
             "timestamp": event["timestamp"],
         }
@@ -198,7 +204,10 @@ def process_event(
             )
             _remember(state, event["event_id"], config)
         elif all(p["event"]["event_id"] != event["event_id"] for p in state["pending"]):
-            state["pending"].append({"event": event, "arrived_ms": now_ms})
+            # its text cut now, as its signals will be: 64 waiting edits must fit a slot
+            body = clip_strings(event.get(kind), config.max_text_bytes)
+            kept = cast(EventRecord, {**event, kind: body})
+            state["pending"].append({"event": kept, "arrived_ms": now_ms})
         return state, [], dead
     else:
         _remember(state, event["event_id"], config)

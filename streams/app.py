@@ -236,8 +236,9 @@ def create_app(settings: Settings, *, bootstrap: str | None = None) -> WorkerApp
             after_ms=int(settings.judge.after_s * 1000),
             seed=settings.judge.seed,
         ),
+        max_text_bytes=settings.max_kept_text_bytes,
     )
-    app.aggregate_limits = AggregateLimits()
+    app.aggregate_limits = AggregateLimits(max_text_bytes=settings.max_kept_text_bytes)
     names = settings.topics
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     app.events_topic = app.topic(names.events, partitions=settings.partitions, **raw)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
+
 from processors.aggregate import AggregateLimits, apply_signals, stats_view, weighted_support
 from processors.join import process_event
 from processors.policy import LearningPolicy
@@ -403,3 +405,36 @@ def test_folding_into_a_copy_leaves_the_original_as_it_was() -> None:
     # and the copy folds exactly as a full (JSON) copy would
     full, _ = apply_signals(orjson.loads(before), positions, 5, POLICY.team, limits)
     assert orjson.dumps(copied) == orjson.dumps(full)
+
+
+def test_long_texts_keep_a_groups_state_under_kafkas_message_limit() -> None:
+    """Every buffer full of the longest texts an event may carry (1 MB events): the
+    group's changelog record and its triggers stay under Kafka's default 1 MB message
+    limit; past it the record is refused and the group's whole signals partition stops
+    learning. Each kept text is cut (and marked) instead."""
+    long = 60_000
+    user = "{:036d}".format  # uuid-sized user ids
+    events = []
+    for n in range(100):
+        calls = [{"name": "run", "arguments": "a" * 12_000, "status": "error"} for _ in range(64)]
+        events += [
+            interaction(f"i{n}", user=user(n % 9), query="q" * long, response="r" * long,
+                        tool_calls=calls),
+            feedback(f"x{n}", "explanation", f"i{n}", user=user(n % 9), text="t" * long),
+            feedback(f"e{n}", "edit", f"i{n}", user=user(n % 9), original="o" * long,
+                     edited="e" * long),
+            feedback(f"r{n}", "rating", f"i{n}", user=user(n % 9), value=1),
+        ]
+    sigs = signals_for(events, "team:search")
+    state, largest_trigger = None, 0
+    for start in range(0, len(sigs), 40):
+        batch = [(start + i, s) for i, s in enumerate(sigs[start : start + 40])]
+        state, triggers = apply_signals(state, batch, 0, POLICY.team)
+        largest_trigger = max([largest_trigger, *(len(orjson.dumps(t)) for t in triggers)])
+    assert state is not None
+    assert len(state["evidence"]) == AggregateLimits().max_evidence  # the buffers are full
+    assert len(state["rated"]) == AggregateLimits().max_rated
+    assert len(orjson.dumps(state)) < 1_000_000
+    assert 0 < largest_trigger < 1_000_000
+    kept = state["rated"][-1]
+    assert kept["response"].endswith("…") and len(kept["response"].encode()) <= 1024

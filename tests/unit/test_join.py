@@ -174,3 +174,24 @@ def test_tool_trajectory_flags_reach_the_signal() -> None:
     ]
     _, signals, _ = process_event(None, rec(interaction("i1", tool_calls=calls)), (0, 1), 0, CONFIG)
     assert set(signals[0]["flags"]) == {"repeated_tool_failure", "retry_loop", "nonsense_arguments"}
+
+
+def test_long_texts_are_cut_in_the_slot_the_signals_and_waiting_feedback() -> None:
+    """Slots live for the whole retention and 64 edits may wait in one: their texts are
+    cut to ``max_text_bytes`` (and marked), the way aggregation keeps them."""
+    config = JoinConfig(wait_ms=1_000, retention_ms=10_000, max_text_bytes=256)
+    long = "é" * 5_000
+    early = feedback("e1", "edit", "i1", original=long, edited=long + "!")
+    slot, _, _ = process_event(None, rec(early), (0, 1), 0, config)
+    waiting = slot["pending"][0]["event"]["edit"]
+    assert len(waiting["original"].encode()) <= 256 and waiting["original"].endswith("…")
+    calls = [{"name": "run", "arguments": "{" * 2_000, "status": "ok"}]
+    event = interaction("i1", query="q" * 5_000, response=long, tool_calls=calls)
+    slot, signals, _ = process_event(slot, rec(event), (0, 2), 0, config)
+    assert len(slot["interaction"]["response"].encode()) <= 256
+    assert len(slot["interaction"]["query"]) <= 256
+    interaction_signal, edit_signal = signals[0], signals[-1]
+    assert interaction_signal["flags"] == ["nonsense_arguments"]  # judged on the full text
+    assert len(interaction_signal["payload"]["tool_calls"][0]["arguments"]) <= 256
+    assert len(edit_signal["payload"]["edited"].encode()) <= 256
+    assert edit_signal["response"] == slot["interaction"]["response"]
