@@ -226,8 +226,10 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=65_536, ge=16)
     #: texts kept in join slots, signals and group state (query, response,
     #: explanation, edit) are cut to this many UTF-8 bytes; it bounds a group's
-    #: changelog record below Kafka's 1 MB message limit (processors/clip.py)
-    max_kept_text_bytes: int = Field(default=1024, ge=64, le=4096)
+    #: changelog record below Kafka's 1 MB message limit (processors/clip.py); with
+    #: every buffer full of the longest texts a state is 481 KB at 1,024, 645 KB at
+    #: 1,536 (the most allowed) and would be 809 KB at 2,048, too near the limit
+    max_kept_text_bytes: int = Field(default=1024, ge=64, le=1536)
 
     @field_validator("kafka_bootstrap", "qdrant_url")
     @classmethod
