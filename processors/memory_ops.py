@@ -8,7 +8,7 @@ a rejection saying why, so the API can tell the caller.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 from processors.consolidate import ConsolidationConfig, decay_items
@@ -177,6 +177,43 @@ def forget_user(
             changed["provenance"] = {**changed["provenance"], "event_ids": []}
         kept.append(changed)
     return kept, retired
+
+
+def forgotten_users(history: Sequence[Snapshot]) -> dict[str, int]:
+    """Each user a ``forget_user`` version removed, with the first such version.
+
+    Read off the history itself (the users in a forget version's parent and not in
+    it), so no list of forgotten ids has to be stored anywhere.
+    """
+    by_version = {snapshot["version"]: snapshot for snapshot in history}
+    forgotten: dict[str, int] = {}
+    for snapshot in sorted(history, key=lambda s: s["version"]):
+        parent = by_version.get(snapshot["parent"] or 0)
+        if snapshot["reason"] != "forget_user" or parent is None:
+            continue
+        for user in _users(parent) - _users(snapshot):
+            forgotten.setdefault(user, snapshot["version"])
+    return forgotten
+
+
+def as_forgotten(snapshot: Snapshot, forgotten: Mapping[str, int]) -> Snapshot:
+    """``snapshot`` as it must read after the forgetting that came later.
+
+    A version older than a user's ``forget_user`` version is shown (and rolled back
+    to) without them, as that version retired or trimmed their items; their later
+    contributions, in versions after it, are theirs to keep.
+    """
+    items: Sequence[MemoryItem] = snapshot["items"]
+    for user, version in forgotten.items():
+        if snapshot["version"] < version and user in _users(snapshot):
+            items, _ = forget_user(items, user, snapshot["created_ms"])
+    if items is snapshot["items"]:
+        return snapshot
+    return {**snapshot, "items": list(items)}
+
+
+def _users(snapshot: Snapshot) -> set[str]:
+    return {user for item in snapshot["items"] for user in item["provenance"]["user_ids"]}
 
 
 def diff(before: Snapshot, after: Snapshot) -> dict[str, list[dict[str, object]]]:

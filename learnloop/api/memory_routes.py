@@ -22,7 +22,7 @@ from learnloop.api.problems import Problem
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
 from processors.memory import Snapshot
-from processors.memory_ops import diff, empty_snapshot
+from processors.memory_ops import as_forgotten, diff, empty_snapshot, forgotten_users
 
 if TYPE_CHECKING:
     from learnloop.api.app import Services
@@ -68,6 +68,12 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
             if version == 0 or (version is None and owner_known(group)):
                 return empty_snapshot(group)
             raise Problem(404, "unknown_group", f"no group {group!r}")
+        if version is None:
+            return snapshot  # the current version: already without every forgotten user
+        # an older version reads (and rolls back) as the later forgetting left it
+        history = memory.versions(group)
+        if any(s["reason"] == "forget_user" for s in history):
+            return as_forgotten(snapshot, forgotten_users(history))
         return snapshot
 
     @router.get("/groups/{group}/memory", tags=["memory"])

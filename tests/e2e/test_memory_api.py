@@ -243,7 +243,7 @@ def test_edit_rollback_reset_through_the_api(stack) -> None:
 
 def test_forget_user_retires_what_only_they_supported(stack) -> None:
     teach(stack, "erin", "my phone is secret, never show it")
-    wait_rule(stack, "user:erin", "phone")
+    before = wait_rule(stack, "user:erin", "phone")
     answer = client(stack).delete("/v1/users/erin")
     assert answer.status_code == 200, answer.text
     groups = {g["group"]: g for g in answer.json()["groups"]}
@@ -252,6 +252,17 @@ def test_forget_user_retires_what_only_they_supported(stack) -> None:
     assert all(i["status"] == "retired" and "phone" not in i["text"] for i in after["items"])
     stats = client(stack).get("/v1/groups/team:search/stats").json()
     assert "erin" not in str(stats)
+    # the version from before the forgetting reads without her, and rolling back to it
+    # does not bring her words back
+    old = memory(stack, "user:erin", version=before["version"])
+    assert "phone" not in str(old["items"]), old["items"]
+    assert all("erin" not in i["provenance"]["user_ids"] for i in old["items"])
+    back = client(stack).post("/v1/groups/user:erin/rollback", json={"version": before["version"]})
+    assert back.status_code == 200, back.text
+    assert "phone" not in str(memory(stack, "user:erin")["items"])
+    diff = client(stack).get("/v1/groups/user:erin/diff",
+                             params={"from": before["version"], "to": after["version"]}).json()
+    assert "phone" not in str(diff)
 
 
 def test_tenant_keys_never_reach_other_tenants(stack) -> None:

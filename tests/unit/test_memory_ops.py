@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from processors.context import assemble, order_groups
 from processors.memory import MemoryItem, Snapshot, estimate_tokens, item_id
-from processors.memory_ops import apply_command, diff, empty_snapshot, next_snapshot
+from processors.memory_ops import (
+    apply_command,
+    as_forgotten,
+    diff,
+    empty_snapshot,
+    forgotten_users,
+    next_snapshot,
+)
 
 
 def item(
@@ -101,6 +108,27 @@ def test_forget_user_retires_items_only_they_support() -> None:
     assert "Bob" not in by_id[mine["item_id"]]["text"]
     assert by_id[shared["item_id"]]["status"] == "active"
     assert by_id[shared["item_id"]]["provenance"]["user_ids"] == ["alice"]
+
+
+def test_versions_before_a_forget_read_and_roll_back_without_the_user() -> None:
+    """Rolling back past a ``forget_user`` must not bring the user's words back, and
+    reading an older version must not show them; what they add later is kept."""
+    mine = item("team:a", "Bob says: use my card 4111.", users=["bob"])
+    shared = item("team:a", "Use the v2 API.", users=["bob", "alice"])
+    v1 = snap(mine, shared)
+    v2, _ = apply_command(v1, command("forget_user", user_id="bob"), 20)
+    history = [v1, v2]
+    assert forgotten_users(history) == {"bob": 2}
+    old = as_forgotten(v1, forgotten_users(history))
+    assert "4111" not in str(old["items"]) and "bob" not in str(old["items"])
+    assert old["version"] == 1 and v1["items"][0]["text"] == mine["text"]  # v1 itself unchanged
+    v3, rejection = apply_command(v2, command("rollback", version=1), 30,
+                                  rollback_items=old["items"])
+    assert rejection is None and "4111" not in str(v3["items"])
+    later = item("team:a", "Answer in French.", users=["bob"])  # bob came back and taught
+    v4, _ = apply_command(v3, command("reset"), 40)
+    v5 = next_snapshot(v4, [later], "synthesis:evidence", 50)
+    assert as_forgotten(v5, forgotten_users([v1, v2, v3, v4, v5])) is v5
 
 
 def test_diff_names_added_removed_changed() -> None:
