@@ -56,6 +56,12 @@ TRIGGERS = Counter(
     "Synthesis requests emitted, by scope and reason",
     ["scope", "reason"],
 )
+TENANT_CONFLICTS = Counter(
+    "learnloop_tenant_conflicts_total",
+    "Signals dropped because their org is not the org that owns the group, by scope "
+    "(team or user ids reused across orgs: make them unique, e.g. prefix the org)",
+    ["scope"],
+)
 CONSUMER_LAG = Gauge(
     "learnloop_consumer_lag", "Records behind the end of a partition", ["topic", "partition"]
 )

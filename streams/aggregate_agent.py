@@ -66,10 +66,13 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
         stored = app.group_state.data.get(group)
         # a private copy: the table changes only in write_batch, after delivery
         before = None if stored is None else copy_state(stored)
+        earlier = before["tenant_conflicts"] if before else 0  # apply_signals changes before
         state, triggers = apply_signals(
             before, signals, now, policy_of(scope_of(group)), app.aggregate_limits
         )
         states[group] = state
+        if state["tenant_conflicts"] > earlier:
+            _tenant_conflict(group, state, earlier)
         for trigger in triggers:
             metrics.TRIGGERS.labels(trigger["scope"], trigger["reason"].split(":")[0]).inc()
             log.info(
@@ -89,6 +92,27 @@ async def aggregate_batch(app: WorkerApp, events: list[Any]) -> None:
     metrics.GROUPS_OWNED.set(len(app.group_state.data))
     metrics.BATCH_SIZE.labels(STAGE).observe(len(events))
     metrics.BATCH_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+
+
+def _tenant_conflict(group: str, state: GroupState, earlier: int) -> None:
+    """Say loudly that another org's signals reached a group its first org owns.
+
+    They are dropped (one tenant's feedback must never shape another's memory),
+    which two orgs that reuse a team or user id would otherwise only see as
+    feedback that never teaches anything. Logged at the first drop and then each
+    time the group's count doubles, so a steady conflict does not flood the log.
+    """
+    total = state["tenant_conflicts"]
+    metrics.TENANT_CONFLICTS.labels(state["scope"]).inc(total - earlier)
+    if earlier and earlier.bit_length() == total.bit_length():
+        return
+    log.warning(
+        "signals of another org dropped: the group belongs to its first org",
+        group=group,
+        owner_org=state["org"],
+        dropped_so_far=total,
+        stage=STAGE,
+    )
 
 
 def _bad(app: WorkerApp, message: Any, detail: str, value: bytes) -> Outgoing:

@@ -460,6 +460,30 @@ def test_one_loud_user_cannot_trigger_a_team_rule_alone(stacks: dict[str, Stack]
     assert state["triggers_fired"] == 0
 
 
+def test_another_orgs_signals_are_dropped_and_said_so(stacks: dict[str, Stack]) -> None:
+    """A team id reused by a second org: its feedback never folds into the first org's
+    group, and the worker says so in a metric and a warning naming the owner."""
+    stack = stacks["main"].ready()
+    team, first, second = unique("shared-team"), unique("org-a"), unique("org-b")
+    before = stack.worker.metric("learnloop_tenant_conflicts_total", scope="team")
+    stack.emit(pair(f"{team}-a", unique("ann"), team, first, "answer in German"))
+    wait_until(lambda: counts_of(stack.states(), f"team:{team}").get("explanation") == 1, 30)
+    stack.emit(pair(f"{team}-b", unique("bo"), team, second, "answer in French"))
+    wait_until(
+        lambda: stack.worker.metric("learnloop_tenant_conflicts_total", scope="team")
+        >= before + 2,
+        30,
+    )
+    state = stack.states()[f"team:{team}"]
+    assert state["org"] == first and state["counts"] == {"interaction": 1, "explanation": 1}
+    warnings = [
+        orjson.loads(line)
+        for line in stack.worker.log_path.read_text().splitlines()
+        if f"team:{team}" in line and "another org" in line
+    ]
+    assert [w["owner_org"] for w in warnings] == [first]
+
+
 # --------------------------------------------------------------------------- signal bundles
 
 
