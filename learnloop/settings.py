@@ -11,14 +11,17 @@ it turns validation failures into a ``ConfigError`` naming the key and value.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretBytes,
     SecretStr,
     ValidationError,
     field_validator,
@@ -305,18 +308,79 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per bad key: the key, the value given, and what was expected."""
+    """One line per bad key: the key, the value given (masked if secret), what was expected."""
     lines = []
     for error in exc.errors():
         if not error["loc"]:  # a rule across several settings
             lines.append(f"invalid settings: {error['msg']}")
             continue
         key = ".".join(str(part) for part in error["loc"])
-        value = error.get("input")
-        shown = "" if isinstance(value, dict) else f" = {str(value)[:80]!r}"
         env = "LEARNLOOP_" + "__".join(str(p) for p in error["loc"]).upper()
+        shown = _shown_value(error["loc"], error.get("input"))
         lines.append(f"invalid setting {key}{shown} ({env}): {error['msg']}")
     return "\n".join(lines)
+
+
+_SECRET_NAME = re.compile(r"(^|_)(key|secret|password|passwd|token|credentials?)$", re.I)
+_URL_USER_INFO = re.compile(r"(?<=//)[^/?#@\s]*@")
+
+
+def _shown_value(loc: tuple[int | str, ...], value: Any) -> str:
+    """`` = 'value'`` for the message; a secret shows only its length, since start-up
+    errors land in terminals, pod logs and CI output."""
+    if isinstance(value, dict):
+        return ""
+    if _is_secret(loc):
+        size = len(str(value))
+        return f" = '***' ({size} character{'' if size == 1 else 's'})"
+    return f" = {_URL_USER_INFO.sub('***@', str(value))[:80]!r}"
+
+
+def _is_secret(loc: tuple[int | str, ...]) -> bool:
+    """Whether the setting at ``loc`` is, holds or may be a secret: its type has a
+    ``SecretStr`` in it, its name says so, or it is no known setting (so unknown)."""
+    if _SECRET_NAME.search(str(loc[-1])):
+        return True
+    annotation: Any = Settings
+    for part in loc:
+        annotation = _child_type(annotation, part)
+        if annotation is None:
+            return True
+    return _holds_secret(annotation, set())
+
+
+def _options(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union (``X | None``), or the type itself."""
+    if get_origin(annotation) in (Union, UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _child_type(annotation: Any, part: int | str) -> Any:
+    """The type at ``part`` inside ``annotation`` (a model field, dict value or item)."""
+    for option in _options(annotation):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            field = option.model_fields.get(str(part))
+            if field is not None:
+                return field.annotation
+            continue
+        args = get_args(option)
+        if get_origin(option) is dict and len(args) == 2:
+            return args[1]
+        if get_origin(option) in (tuple, list, set, frozenset) and args and isinstance(part, int):
+            return args[0]
+    return None
+
+
+def _holds_secret(annotation: Any, seen: set[int]) -> bool:
+    if id(annotation) in seen:
+        return False
+    seen.add(id(annotation))
+    if annotation in (SecretStr, SecretBytes):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return any(_holds_secret(f.annotation, seen) for f in annotation.model_fields.values())
+    return any(_holds_secret(arg, seen) for arg in get_args(annotation))
 
 
 __all__ = ["ConfigError", "LearningPolicy", "ScopePolicy", "Settings", "load_settings"]
