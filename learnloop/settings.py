@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -150,10 +151,24 @@ class Settings(BaseSettings):
         default=None, description="host:port[,host:port]; unset means start the embedded broker"
     )
     qdrant_url: str | None = Field(default=None, description="unset means the embedded store")
-    schema_registry_url: str | None = Field(
-        default=None, description="Confluent-compatible registry; set to write Confluent framing"
+    schema_registry_url: SecretStr | None = Field(
+        default=None,
+        description="Confluent-compatible registry; set to write Confluent framing. Secret "
+        "because it may carry basic-auth credentials (https://user:password@host:8081)",
     )
-    schema_registry_timeout_s: float = Field(default=5.0, gt=0)
+    schema_registry_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=10,
+        description="bound on each network step of a lookup, which blocks the worker's loop",
+    )
+    schema_registry_retry_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="after a failed lookup, how long that schema id (every id, if the "
+        "registry is unreachable) fails fast instead of asking again",
+    )
     qdrant_api_key: SecretStr | None = None
     data_dir: Path = Path(".learnloop")
     app_id: str = "learnloop"
@@ -232,6 +247,17 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """Unset when empty; else an http(s) URL, checked without echoing it (credentials)."""
+        if value is None or not value.get_secret_value():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host, e.g. https://registry:8081")
+        return value
 
     @classmethod
     def settings_customise_sources(
