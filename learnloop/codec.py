@@ -19,6 +19,8 @@ def make_codec(settings: Settings) -> EventCodec:
     if settings.schema_registry_url is None:
         return EventCodec(limits)
     registry = SchemaRegistryClient(
-        settings.schema_registry_url, timeout_s=settings.schema_registry_timeout_s
+        settings.schema_registry_url.get_secret_value(),
+        timeout_s=settings.schema_registry_timeout_s,
+        retry_after_s=settings.schema_registry_retry_s,
     )
     return EventCodec(limits, registry=registry, subject=f"{settings.topics.events}-value")

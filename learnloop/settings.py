@@ -11,14 +11,18 @@ it turns validation failures into a ``ConfigError`` naming the key and value.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretBytes,
     SecretStr,
     ValidationError,
     field_validator,
@@ -147,10 +151,24 @@ class Settings(BaseSettings):
         default=None, description="host:port[,host:port]; unset means start the embedded broker"
     )
     qdrant_url: str | None = Field(default=None, description="unset means the embedded store")
-    schema_registry_url: str | None = Field(
-        default=None, description="Confluent-compatible registry; set to write Confluent framing"
+    schema_registry_url: SecretStr | None = Field(
+        default=None,
+        description="Confluent-compatible registry; set to write Confluent framing. Secret "
+        "because it may carry basic-auth credentials (https://user:password@host:8081)",
     )
-    schema_registry_timeout_s: float = Field(default=5.0, gt=0)
+    schema_registry_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=10,
+        description="bound on each network step of a lookup, which blocks the worker's loop",
+    )
+    schema_registry_retry_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="after a failed lookup, how long that schema id (every id, if the "
+        "registry is unreachable) fails fast instead of asking again",
+    )
     qdrant_api_key: SecretStr | None = None
     data_dir: Path = Path(".learnloop")
     app_id: str = "learnloop"
@@ -236,6 +254,17 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """Unset when empty; else an http(s) URL, checked without echoing it (credentials)."""
+        if value is None or not value.get_secret_value():
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL with a host, e.g. https://registry:8081")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -311,18 +340,79 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per bad key: the key, the value given, and what was expected."""
+    """One line per bad key: the key, the value given (masked if secret), what was expected."""
     lines = []
     for error in exc.errors():
         if not error["loc"]:  # a rule across several settings
             lines.append(f"invalid settings: {error['msg']}")
             continue
         key = ".".join(str(part) for part in error["loc"])
-        value = error.get("input")
-        shown = "" if isinstance(value, dict) else f" = {str(value)[:80]!r}"
         env = "LEARNLOOP_" + "__".join(str(p) for p in error["loc"]).upper()
+        shown = _shown_value(error["loc"], error.get("input"))
         lines.append(f"invalid setting {key}{shown} ({env}): {error['msg']}")
     return "\n".join(lines)
+
+
+_SECRET_NAME = re.compile(r"(^|_)(key|secret|password|passwd|token|credentials?)$", re.I)
+_URL_USER_INFO = re.compile(r"(?<=//)[^/?#@\s]*@")
+
+
+def _shown_value(loc: tuple[int | str, ...], value: Any) -> str:
+    """`` = 'value'`` for the message; a secret shows only its length, since start-up
+    errors land in terminals, pod logs and CI output."""
+    if isinstance(value, dict):
+        return ""
+    if _is_secret(loc):
+        size = len(str(value))
+        return f" = '***' ({size} character{'' if size == 1 else 's'})"
+    return f" = {_URL_USER_INFO.sub('***@', str(value))[:80]!r}"
+
+
+def _is_secret(loc: tuple[int | str, ...]) -> bool:
+    """Whether the setting at ``loc`` is, holds or may be a secret: its type has a
+    ``SecretStr`` in it, its name says so, or it is no known setting (so unknown)."""
+    if _SECRET_NAME.search(str(loc[-1])):
+        return True
+    annotation: Any = Settings
+    for part in loc:
+        annotation = _child_type(annotation, part)
+        if annotation is None:
+            return True
+    return _holds_secret(annotation, set())
+
+
+def _options(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union (``X | None``), or the type itself."""
+    if get_origin(annotation) in (Union, UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _child_type(annotation: Any, part: int | str) -> Any:
+    """The type at ``part`` inside ``annotation`` (a model field, dict value or item)."""
+    for option in _options(annotation):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            field = option.model_fields.get(str(part))
+            if field is not None:
+                return field.annotation
+            continue
+        args = get_args(option)
+        if get_origin(option) is dict and len(args) == 2:
+            return args[1]
+        if get_origin(option) in (tuple, list, set, frozenset) and args and isinstance(part, int):
+            return args[0]
+    return None
+
+
+def _holds_secret(annotation: Any, seen: set[int]) -> bool:
+    if id(annotation) in seen:
+        return False
+    seen.add(id(annotation))
+    if annotation in (SecretStr, SecretBytes):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return any(_holds_secret(f.annotation, seen) for f in annotation.model_fields.values())
+    return any(_holds_secret(arg, seen) for arg in get_args(annotation))
 
 
 __all__ = ["ConfigError", "LearningPolicy", "ScopePolicy", "Settings", "load_settings"]

@@ -162,12 +162,15 @@ def test_bad_setting_names_key_and_value(tmp_path: Path) -> None:
     assert b"policy.team.min_users" in result.stderr and b"-1" in result.stderr
 
 
-def _up_exits_early(tmp_path: Path, *args: str) -> tuple[int, str, bool]:
+def _up_exits_early(
+    tmp_path: Path, *args: str, extra_env: dict[str, str] | None = None
+) -> tuple[int, str, bool]:
     """Run ``learnloop up`` meant to fail: its exit code, its output, and whether a broker
     was started (the embedded broker writes its log in the data directory)."""
     data = tmp_path / "data"
     env = {**os.environ, "LEARNLOOP_DATA_DIR": str(data), "LEARNLOOP_KAFKA_BOOTSTRAP": ""}
     env.pop("LEARNLOOP_API_KEYS", None)
+    env.update(extra_env or {})
     result = subprocess.run(
         [*LEARNLOOP, "up", *args], env=env, capture_output=True, timeout=60, check=False
     )
@@ -183,6 +186,15 @@ def test_up_refuses_an_open_address_without_auth_before_starting_anything(
     )
     assert code == 2, output
     assert "refusing to serve 0.0.0.0 without authentication" in output
+    assert not broker_started
+
+
+def test_up_names_a_too_short_api_key_without_printing_it(tmp_path: Path) -> None:
+    keys = '{"ops": {"key": "hunter2-prodkey", "scopes": ["read"]}}'
+    code, output, broker_started = _up_exits_early(tmp_path, extra_env={"LEARNLOOP_API_KEYS": keys})
+    assert code == 2, output
+    assert "api_keys.ops.key" in output and "at least 16" in output, output
+    assert "hunter2" not in output, output
     assert not broker_started
 
 
