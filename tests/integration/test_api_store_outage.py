@@ -1,8 +1,11 @@
-"""The API while the vector store fails: context is served without examples, quickly.
+"""The API while the vector store fails: context is served without examples, quickly,
+and a memory version whose indexing failed is indexed once the store is back.
 
 Everything runs on the session's embedded broker and the embedded (edge) store. The
-outages are real: a Qdrant address that refuses connections, and one that accepts
-them and never answers, both through the production adapter.
+outages are real where they can be: a Qdrant address that refuses connections, and
+one that accepts them and never answers, both through the production adapter. A
+transient failure of the embedded store, which has no network to cut, is a thin
+wrapper over the real store that fails every data call while ``down`` is set.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 from qdrant_client import AsyncQdrantClient
 from structlog.testing import capture_logs
 
@@ -29,13 +33,59 @@ from learnloop.embedded.broker import EmbeddedBroker, free_port
 from learnloop.producer import EventProducer
 from learnloop.settings import Settings, load_settings
 from learnloop.store.edge import EdgeVectorStore
-from learnloop.store.port import VectorStore
+from learnloop.store.port import Hit, Point, StoreError, VectorStore, Where
 from learnloop.store.qdrant_server import QdrantServerStore
 from learnloop.topics import ensure_topics
 from processors.embedding import HashingEmbedder
 from tests.conftest import unique_env
 
 pytestmark = pytest.mark.integration
+BEHIND = "learnloop_memory_index_behind_groups"
+
+
+class Outage:
+    """The real store, except that every data call fails while ``down`` is set."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self.store = store
+        self.down = False
+        self.failures = 0
+
+    def _check(self, what: str) -> None:
+        if self.down:
+            self.failures += 1
+            raise StoreError(f"qdrant: {what} memory failed: connection refused")
+
+    async def ensure_collection(self, name: str, dim: int, keyword_fields: Sequence[str]) -> None:
+        await self.store.ensure_collection(name, dim, keyword_fields)
+
+    async def upsert(self, collection: str, points: Sequence[Point]) -> None:
+        self._check("upsert")
+        await self.store.upsert(collection, points)
+
+    async def delete(
+        self, collection: str, *, ids: Sequence[str] | None = None, where: Where | None = None
+    ) -> None:
+        self._check("delete")
+        await self.store.delete(collection, ids=ids, where=where)
+
+    async def search(self, collection: str, vector: Sequence[float], **kw: Any) -> list[Hit]:
+        self._check("search")
+        return await self.store.search(collection, vector, **kw)
+
+    async def scroll(self, collection: str, **kw: Any) -> list[Point]:
+        self._check("scroll")
+        return await self.store.scroll(collection, **kw)
+
+    async def count(self, collection: str, *, where: Where | None = None) -> int:
+        self._check("count")
+        return await self.store.count(collection, where=where)
+
+    async def ping(self) -> bool:
+        return not self.down and await self.store.ping()
+
+    async def close(self) -> None:
+        await self.store.close()
 
 
 @pytest.fixture
@@ -126,17 +176,17 @@ def memory_log(settings: Settings, store: VectorStore) -> MemoryLog:
 
 
 @pytest.fixture
-async def edge(tmp_path: Path) -> AsyncIterator[EdgeVectorStore]:
-    store = EdgeVectorStore(tmp_path / "vectors")
+async def edge(tmp_path: Path) -> AsyncIterator[Outage]:
+    outage = Outage(EdgeVectorStore(tmp_path / "vectors"))
     try:
-        yield store
+        yield outage
     finally:
-        await store.close()
+        await outage.close()
 
 
 @pytest.fixture
 async def api(
-    settings: Settings, edge: EdgeVectorStore
+    settings: Settings, edge: Outage
 ) -> AsyncIterator[tuple[Services, httpx.AsyncClient]]:
     """The API app in this process, its services started, and a client of it."""
     assert settings.kafka_bootstrap is not None
@@ -215,3 +265,48 @@ async def test_context_is_served_without_examples_within_the_search_deadline(
     reason = warnings[0]["reason"]
     assert ("timed out" in reason) if qdrant == "stuck" else ("failed" in reason), reason
     assert "Traceback" not in degraded.text
+
+
+async def test_a_version_whose_indexing_failed_is_indexed_once_the_store_is_back(
+    settings: Settings, edge: Outage
+) -> None:
+    assert settings.kafka_bootstrap is not None
+    await ensure_topics(settings.kafka_bootstrap, settings)
+    memory = memory_log(settings, edge)
+    one, two, three = (item(n, "team:a") for n in (1, 2, 3))
+    await publish(settings, "team:a", 1, [one, two])
+    await memory.start()
+    try:
+
+        async def indexed() -> set[str]:
+            return {p.id for p in await edge.store.scroll(memory.collection)}
+
+        async def v1_indexed() -> bool:
+            return await indexed() == {one["item_id"], two["item_id"]}
+
+        await until(v1_indexed, 30, "v1 indexed")
+        edge.down = True
+        with capture_logs() as logs:
+            # v2 drops item 1 and adds item 3, while the store fails
+            await publish(settings, "team:a", 2, [two, three])
+
+            async def failed() -> bool:
+                return memory.current_version("team:a") == 2 and edge.failures > 0
+
+            await until(failed, 30, "v2 read and its indexing failed")
+            behind_while_down = REGISTRY.get_sample_value(BEHIND)
+            with pytest.raises(StoreError, match="index is behind"):
+                await memory.reconcile()  # a rebuild must not report an index it lacks
+            edge.down = False
+
+            async def v2_indexed() -> bool:
+                return await indexed() == {two["item_id"], three["item_id"]}
+
+            await until(v2_indexed, 10, "v2 indexed after the outage")
+        assert (behind_while_down, REGISTRY.get_sample_value(BEHIND)) == (1, 0)
+        behind = [e for e in logs if e["event"] == "memory index behind: indexing failed"]
+        assert behind and all(e["log_level"] == "warning" for e in behind), logs
+        assert "connection refused" in behind[0]["reason"]
+        assert all("exc_info" not in e for e in logs), logs
+    finally:
+        await memory.stop()
