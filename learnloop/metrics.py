@@ -115,6 +115,11 @@ MEMORY_ITEMS = Gauge(
     "Items in the current memory of served groups, by scope and status",
     ["scope", "status"],
 )
+MEMORY_INDEX_BEHIND = Gauge(
+    "learnloop_memory_index_behind_groups",
+    "Groups whose current memory version is not in the vector index yet: indexing failed "
+    "and is retried with backoff (their new examples are missing from context answers)",
+)
 CONTEXT_ITEMS = Histogram(
     "learnloop_context_items",
     "Items returned per context request",

@@ -188,6 +188,13 @@ class Settings(BaseSettings):
         ge=0,
         description="prefixes the API caches, keyed by groups, versions and budget (0: off)",
     )
+    context_search_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="bound on the vector-store search for a context request's examples; "
+        "past it (or on a store error) the answer goes out with its rules and no examples, "
+        "instead of waiting external_timeout_s for a store that is slow or down",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -17,7 +17,9 @@ served two ways, with the same bytes:
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ from learnloop.api.memory_log import facet, item_text
 from learnloop.api.problems import Problem
 from learnloop.embeddings import EmbeddingUnavailable, embed_off_loop
 from learnloop.settings import Settings
+from learnloop.store.port import Hit, StoreError, Where
 from processors.context import EXAMPLE_KINDS, order_groups
 from processors.embedding import cosine
 from processors.groups import resolve_groups
@@ -147,7 +150,12 @@ class ContextService:
         # from it) cannot hand one tenant's rules to another.
         prefix = self._prefixes.prefix(snapshots, body.max_tokens)
         examples = await _examples(
-            self._services, snapshots, body.query, body.pin, prefix.budget_left
+            self._services,
+            snapshots,
+            body.query,
+            body.pin,
+            prefix.budget_left,
+            self._settings.context_search_timeout_s,
         )
         result = prefix.context(examples, body.max_tokens, body.max_examples)
         metrics.CONTEXT_ITEMS.observe(prefix.items + len(result["examples"]))
@@ -318,11 +326,13 @@ async def _examples(
     query: str,
     pins: dict[str, int],
     budget: int,
+    search_timeout_s: float,
 ) -> list[tuple[float, MemoryItem]]:
     """Examples similar to the query: from the index for current versions, by scan if pinned.
 
     None are looked for when not one of the groups' examples fits in ``budget`` (what
     the rules left): the answer would be the same, without the embedding and search.
+    A search that fails or outlasts ``search_timeout_s`` finds none (see ``_search``).
     """
     if not query or not snapshots:
         return []
@@ -341,15 +351,8 @@ async def _examples(
         # One search for all the caller's groups. The filter names only those groups,
         # and a hit counts only if it is an item of their current snapshots, so
         # nothing outside what the caller may read can come back.
-        started = time.perf_counter()
-        hits = await services.memory.store.search(
-            services.memory.collection,
-            vector,
-            limit=12,
-            where={"facet": [facet(g, k, "active") for g in current_groups for k in EXAMPLE_KINDS]},
-            with_payload=False,
-        )
-        metrics.CONTEXT_SEARCH_SECONDS.observe(time.perf_counter() - started)
+        where = {"facet": [facet(g, k, "active") for g in current_groups for k in EXAMPLE_KINDS]}
+        hits = await _search(services, vector, where, search_timeout_s)
         for hit in hits:
             for group in current_groups:
                 item = services.memory.item(group, snapshots[group]["version"], hit.id)
@@ -370,3 +373,26 @@ async def _examples(
                 continue
             found.extend((cosine(vector, v), i) for i, v in zip(items, vectors, strict=True))
     return found
+
+
+async def _search(
+    services: Services, vector: Sequence[float], where: Where, timeout_s: float
+) -> list[Hit]:
+    """The index's hits for a context request, or none when the store fails or is slow.
+
+    Why: the agent asks on every request, and the rules prefix needs no store; a
+    store that is down or stuck must cost it the examples (as an unavailable
+    embedder does), not a 500 after the store adapter's own, much longer, timeout.
+    """
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout_s):
+            hits = await services.memory.store.search(
+                services.memory.collection, vector, limit=12, where=where, with_payload=False
+            )
+    except (StoreError, TimeoutError) as exc:
+        reason = str(exc) if isinstance(exc, StoreError) else f"search timed out after {timeout_s}s"
+        log.warning("vector store unavailable: context served without examples", reason=reason)
+        return []
+    metrics.CONTEXT_SEARCH_SECONDS.observe(time.perf_counter() - started)
+    return hits

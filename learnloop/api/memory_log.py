@@ -14,7 +14,9 @@ import contextlib
 import gc
 import hashlib
 import re
+import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -23,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learnloop import metrics
 from learnloop.embeddings.factory import embed_off_loop
-from learnloop.store.port import Point, VectorStore
+from learnloop.store.port import Point, StoreError, VectorStore
 from processors.context import EXAMPLE_KINDS
 from processors.embedding import Embedder
 from processors.groups import scope_of
@@ -92,6 +94,11 @@ class MemoryLog:
         self._by_id: dict[tuple[str, int], dict[str, MemoryItem]] = {}
         self._unsettled = 0  # items read since the heap was last settled
         self._cheapest: dict[tuple[str, int], int | None] = {}
+        # group -> its version last in the index (None: none yet), for each group whose
+        # current version is not in the index yet; see _index_behind
+        self._unindexed: dict[str, Snapshot | None] = {}
+        self._index_retry_at = 0.0
+        self._index_backoff_s = 0.0
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,7 +112,8 @@ class MemoryLog:
         results = await self._consumer([self._results_topic], 1, beginning=False)
         self._tasks = [
             asyncio.create_task(
-                self._follow(versions, self._apply_versions, self.caught_up), name="versions"
+                self._follow(versions, self._apply_versions, self.caught_up, self._index_behind),
+                name="versions",
             ),
             asyncio.create_task(
                 self._follow(results, self._apply_results, asyncio.Event()), name="results"
@@ -143,8 +151,17 @@ class MemoryLog:
     def running(self) -> bool:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
-    async def _follow(self, consumer: AIOKafkaConsumer, apply: Any, idle: asyncio.Event) -> None:
-        """Apply records as they come; ``idle`` is set at the first empty poll (caught up)."""
+    async def _follow(
+        self,
+        consumer: AIOKafkaConsumer,
+        apply: Any,
+        idle: asyncio.Event,
+        on_idle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Apply records as they come; ``idle`` is set at the first empty poll (caught up).
+
+        ``on_idle`` runs after each empty poll: work left over from earlier batches.
+        """
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
@@ -157,6 +174,8 @@ class MemoryLog:
             records = [r for rs in batch.values() for r in rs]
             if not records:
                 idle.set()
+                if on_idle is not None:
+                    await on_idle()
                 continue
             try:
                 await apply(records)
@@ -164,7 +183,6 @@ class MemoryLog:
                 log.exception("applying memory log records failed", records=len(records))
 
     async def _apply_versions(self, records: list[Any]) -> None:
-        changed: dict[str, Snapshot | None] = {}
         for record in records:
             if record.value is None:
                 continue
@@ -184,11 +202,46 @@ class MemoryLog:
                 old = self._versions[group].get(previous) if previous is not None else None
                 if previous is not None:
                     self._by_id.pop((group, previous), None)
-                changed.setdefault(group, old)
-        await self._index(changed)
+                self._unindexed.setdefault(group, old)
+        await self._index_behind()
         if not self.caught_up.is_set() or self._unsettled >= SETTLE_AFTER_ITEMS:
             _settle_heap()
             self._unsettled = 0
+
+    async def _index_behind(self) -> None:
+        """Index every group whose current version is not in the index, unless backing off.
+
+        Why: the versions are read once; a version whose indexing failed (the store
+        down for a moment) would otherwise stay out of context answers until the
+        group's next version. Its rules are served from memory meanwhile, and a hit
+        counts only as an item of the current version, so answers stay consistent;
+        they only lack that version's new examples until the retry succeeds. Each
+        failure doubles the wait before the next attempt, up to INDEX_RETRY_MAX_S;
+        versions read meanwhile join the next attempt.
+        """
+        if not self._unindexed or time.monotonic() < self._index_retry_at:
+            return
+        try:
+            await self._index(self._unindexed)
+        except Exception as exc:  # noqa: BLE001 - never lose a version: retry it
+            self._index_backoff_s = min(
+                max(2 * self._index_backoff_s, INDEX_RETRY_FIRST_S), INDEX_RETRY_MAX_S
+            )
+            self._index_retry_at = time.monotonic() + self._index_backoff_s
+            log.warning(
+                "memory index behind: indexing failed",
+                groups=len(self._unindexed),
+                error=type(exc).__name__,
+                reason=str(exc),
+                retry_in_s=self._index_backoff_s,
+            )
+        else:
+            if self._index_backoff_s:
+                log.info("memory index caught up", groups=len(self._unindexed))
+            self._unindexed = {}
+            self._index_backoff_s = 0.0
+            self._index_retry_at = 0.0
+        metrics.MEMORY_INDEX_BEHIND.set(len(self._unindexed))
 
     async def _index(self, changed: dict[str, Snapshot | None]) -> None:
         """One batched upsert and delete for every group whose current version moved."""
@@ -285,7 +338,14 @@ class MemoryLog:
 
         Reading the log re-upserts every current item; this removes points the
         log no longer accounts for (a store that missed deletes, or a wiped log).
+        Raises :class:`StoreError` while a version's indexing is still failing: the
+        index would not hold every current item, so it is not rebuilt yet.
         """
+        if self._unindexed:
+            raise StoreError(
+                f"the index is behind for {len(self._unindexed)} groups (indexing failed; "
+                "retried with backoff): try again once the store answers"
+            )
         wanted = {
             item["item_id"]
             for group in self._current
@@ -342,6 +402,10 @@ class MemoryLog:
     def versions(self, group: str) -> list[Snapshot]:
         return [self._versions[group][v] for v in sorted(self._versions.get(group, {}))]
 
+
+INDEX_RETRY_FIRST_S = 0.5
+"""Wait before retrying a failed index write; doubled per failure up to INDEX_RETRY_MAX_S."""
+INDEX_RETRY_MAX_S = 30.0
 
 SETTLE_AFTER_ITEMS = 20_000
 """Once caught up, settle the heap after this many items read (about 100 snapshots of
