@@ -191,9 +191,10 @@ class Settings(BaseSettings):
     context_search_timeout_s: float = Field(
         default=1.0,
         gt=0,
-        description="bound on the vector-store search for a context request's examples; "
-        "past it (or on a store error) the answer goes out with its rules and no examples, "
-        "instead of waiting external_timeout_s for a store that is slow or down",
+        description="bound on each step of finding a context request's examples (embedding "
+        "the query, the vector-store search); past it (or on an error) the answer goes out "
+        "with its rules and no examples, instead of waiting for an embedder or store that is "
+        "slow or down",
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

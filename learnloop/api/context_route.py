@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -332,7 +332,8 @@ async def _examples(
 
     None are looked for when not one of the groups' examples fits in ``budget`` (what
     the rules left): the answer would be the same, without the embedding and search.
-    A search that fails or outlasts ``search_timeout_s`` finds none (see ``_search``).
+    An embedding or a search that fails or outlasts ``search_timeout_s`` finds none
+    (see ``_search``): a remote embedder that hangs costs the examples, not the request.
     """
     if not query or not snapshots:
         return []
@@ -341,7 +342,8 @@ async def _examples(
         return []
     embedder = services.memory.embedder
     try:
-        vector = (await embed_off_loop(embedder, lambda: embedder.embed([query]), 10.0))[0]
+        embed = partial(embedder.embed, [query])
+        vector = (await embed_off_loop(embedder, embed, search_timeout_s))[0]
     except (EmbeddingUnavailable, TimeoutError):
         log.warning("embedder unavailable: context served without examples")
         return []  # the rules prefix still goes out; examples come back with the embedder
@@ -368,7 +370,9 @@ async def _examples(
         if items:
             texts = [item_text(i) for i in items]
             try:
-                vectors = await embed_off_loop(embedder, lambda t=texts: embedder.embed(t), 10.0)
+                vectors = await embed_off_loop(
+                    embedder, partial(embedder.embed, texts), search_timeout_s
+                )
             except (EmbeddingUnavailable, TimeoutError):
                 continue
             found.extend((cosine(vector, v), i) for i, v in zip(items, vectors, strict=True))

@@ -30,6 +30,7 @@ from learnloop.api.app import Services, create_api
 from learnloop.api.group_view import GroupView, changelog_topic
 from learnloop.api.memory_log import MemoryLog
 from learnloop.embedded.broker import EmbeddedBroker, free_port
+from learnloop.embeddings import OpenAIEmbedder
 from learnloop.producer import EventProducer
 from learnloop.settings import Settings, load_settings
 from learnloop.store.edge import EdgeVectorStore
@@ -265,6 +266,35 @@ async def test_context_is_served_without_examples_within_the_search_deadline(
     reason = warnings[0]["reason"]
     assert ("timed out" in reason) if qdrant == "stuck" else ("failed" in reason), reason
     assert "Traceback" not in degraded.text
+
+
+async def test_a_hung_remote_embedder_costs_the_examples_not_the_request(
+    settings: Settings, api: tuple[Services, httpx.AsyncClient], blackhole: str
+) -> None:
+    """The query's embedding has the same deadline as the search: a remote embedder
+    that never answers (the real client, against a server that accepts and is silent)
+    gets the rules out without examples, not a request held for the client's timeout."""
+    services, client = api
+    await publish(settings, "user:bea", 1, [item(1, "user:bea", kind="rule", text="Be brief."),
+                                            item(2, "user:bea", query="hi", text="hello")])
+
+    async def read() -> bool:
+        return services.memory.current_version("user:bea") == 1
+
+    await until(read, 30, "the API read user:bea v1")
+    hashing = services.memory.embedder
+    remote = OpenAIEmbedder(blackhole, "silent", dim=384, timeout_s=4.0, max_retries=0)
+    services.memory.embedder = remote
+    try:
+        started = time.monotonic()
+        answer = await client.post("/v1/context", json={"user_id": "bea", "query": "hi"})
+        elapsed = time.monotonic() - started
+    finally:
+        services.memory.embedder = hashing
+        await asyncio.to_thread(remote.close)
+    assert answer.status_code == 200, answer.text
+    assert elapsed < settings.context_search_timeout_s + 1.5, elapsed
+    assert answer.json()["examples"] == [] and "Be brief." in answer.json()["prefix"]
 
 
 async def test_a_version_whose_indexing_failed_is_indexed_once_the_store_is_back(
