@@ -57,3 +57,11 @@ def test_other_values_are_still_shown_without_url_credentials(
     message = _error(monkeypatch, {}, qdrant_url=["http://qd-user:qd-pass@qdrant:6333/?k=v"])
     assert "invalid setting qdrant_url = " in message and "qdrant:6333" in message, message
     assert "qd-user" not in message and "qd-pass" not in message, message
+
+
+def test_a_variable_with_broken_json_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic-settings raises its own SettingsError for JSON it cannot parse: it must
+    become a ConfigError (one line at start-up, no traceback), without the value."""
+    message = _error(monkeypatch, {"LEARNLOOP_API_KEYS": '{"ops": {"key": "' + SHORT_KEY})
+    assert 'field "api_keys"' in message and "valid JSON" in message
+    assert SHORT_KEY not in message
