@@ -2,9 +2,10 @@
 
 The versions topic is the source of truth; this follower reads it from the
 beginning on start, keeps every group's versions in memory for the read
-endpoints, and upserts each group's current items into the vector store in one
-batch per poll (deleting items that left the current version). Starting it on an
-empty store *is* the rebuild: the index is derived data.
+endpoints (the newest parsed, older ones as compressed records: see
+:class:`GroupHistory`), and upserts each group's current items into the vector
+store in one batch per poll (deleting items that left the current version).
+Starting it on an empty store *is* the rebuild: the index is derived data.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import gc
 import hashlib
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+import zlib
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -30,6 +33,7 @@ from processors.context import EXAMPLE_KINDS
 from processors.embedding import Embedder
 from processors.groups import scope_of
 from processors.memory import MemoryItem, Snapshot
+from processors.memory_ops import forgotten_users
 
 log = structlog.get_logger(__name__)
 #: bound on one embedding call made for the index (a remote or dense embedder)
@@ -70,6 +74,71 @@ def item_text(item: MemoryItem) -> str:
     return " ".join(part for part in (item.get("query"), item["text"]) if part)
 
 
+RECENT_PARSED = 2
+"""Versions of each group kept parsed: the current one and its parent.
+
+Why: every context request reads the current version; indexing a new version and
+reading a forget_user version need its parent, as does the usual diff. Each parsed
+version of 30 items is ~69 KiB, times every group (1,000 groups: 134 MiB at 2, 268
+at 4), so older ones, pinned or browsed, come from OLD_PARSED_CACHE instead."""
+
+OLD_PARSED_CACHE = 256
+"""Older versions kept parsed once read, across all groups, least recently used first out.
+
+Why: someone paging through a group's history or diffing two old versions reads
+the same few versions again and again, as do context requests pinned to an older
+version; each is ~69 KiB parsed (30 items), so 256 bound this cache near 18 MiB."""
+
+PACK_LEVEL = 1
+"""zlib level of the stored records. Measured on a 30-item version (uuid ids): level 1
+makes 7.2 KB of 23.7 KB in ~0.13 ms; level 6 is 6% smaller and takes 2-3x as long,
+paid for every version read when the API starts. Decompressing costs the same."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionHeader:
+    """What the versions list shows of a version: kept so listing decompresses nothing."""
+
+    version: int
+    parent: int | None
+    reason: str
+    created_ms: int
+    actor: str | None
+    items: dict[str, int]  # item count by status, in the order statuses first appear
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> VersionHeader:
+        return cls(
+            version=snapshot["version"],
+            parent=snapshot["parent"],
+            reason=snapshot["reason"],
+            created_ms=snapshot["created_ms"],
+            actor=snapshot.get("actor"),
+            items=dict(Counter(i["status"] for i in snapshot["items"])),
+        )
+
+
+@dataclass(slots=True)
+class GroupHistory:
+    """One group's versions: each compressed, the RECENT_PARSED newest also parsed.
+
+    Why: parsed, a 30-item version holds ~69 KiB of dicts and strings; as its record's
+    bytes through zlib, ~7 KB (uuid ids) or ~1.2 KB (repetitive text). Keeping all of
+    them parsed grew an API replica without bound (a decay alone adds a version per
+    fading group every few days).
+    """
+
+    headers: dict[int, VersionHeader] = field(default_factory=dict)
+    packed: dict[int, bytes] = field(default_factory=dict)
+    recent: dict[int, Snapshot] = field(default_factory=dict)
+    # forget_user version -> the users it removed from its parent (with that version)
+    removed: dict[int, dict[str, int]] = field(default_factory=dict)
+    # parent version -> forget_user versions naming it, to redo if the parent is (re)read
+    forgets_of: dict[int, set[int]] = field(default_factory=dict)
+    # user -> the first forget_user version that removed them: ``forgotten_users``
+    forgotten: dict[str, int] = field(default_factory=dict)
+
+
 class MemoryLog:
     """Follows the versions and results topics; answers reads; indexes current items."""
 
@@ -89,7 +158,8 @@ class MemoryLog:
         self.store = store
         self.embedder = embedder
         self.collection = collection_for(embedder.name)
-        self._versions: dict[str, dict[int, Snapshot]] = {}
+        self._history: dict[str, GroupHistory] = {}
+        self._old: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()  # OLD_PARSED_CACHE
         self._current: dict[str, int] = {}
         self._by_id: dict[tuple[str, int], dict[str, MemoryItem]] = {}
         self._unsettled = 0  # items read since the heap was last settled
@@ -194,12 +264,10 @@ class MemoryLog:
             group = snapshot["group"]
             previous = self._current.get(group)
             self._unsettled += 1 + len(snapshot["items"])
-            self._versions.setdefault(group, {})[snapshot["version"]] = snapshot
-            self._by_id.pop((group, snapshot["version"]), None)
-            self._cheapest.pop((group, snapshot["version"]), None)
+            old = self.snapshot(group, previous) if previous is not None else None
+            self._store(record.value, snapshot)
             if previous is None or snapshot["version"] > previous:
                 self._current[group] = snapshot["version"]
-                old = self._versions[group].get(previous) if previous is not None else None
                 if previous is not None:
                     self._by_id.pop((group, previous), None)
                 self._unindexed.setdefault(group, old)
@@ -207,6 +275,57 @@ class MemoryLog:
         if not self.caught_up.is_set() or self._unsettled >= SETTLE_AFTER_ITEMS:
             _settle_heap()
             self._unsettled = 0
+
+    def _store(self, raw: bytes, snapshot: Snapshot) -> None:
+        """Keep a version read from the log: compressed, and parsed while among the newest."""
+        group, version = snapshot["group"], snapshot["version"]
+        history = self._history.setdefault(group, GroupHistory())
+        history.headers[version] = VersionHeader.of(snapshot)
+        history.packed[version] = zlib.compress(raw, PACK_LEVEL)
+        history.recent[version] = snapshot
+        self._old.pop((group, version), None)
+        self._unparsed((group, version))
+        while len(history.recent) > RECENT_PARSED:
+            oldest = min(history.recent)
+            del history.recent[oldest]
+            self._unparsed((group, oldest))
+        self._note_forgetting(group, history, snapshot)
+
+    def _unparsed(self, key: tuple[str, int]) -> None:
+        """Drop what ``item`` and ``cheapest_example`` derived from a version no longer parsed.
+
+        Why: they would otherwise keep its items alive (and gain an entry per version
+        ever read), which is the growth that keeping versions compressed removes.
+        """
+        self._by_id.pop(key, None)
+        self._cheapest.pop(key, None)
+
+    def _note_forgetting(self, group: str, history: GroupHistory, snapshot: Snapshot) -> None:
+        """Keep ``history.forgotten`` equal to ``forgotten_users`` of all versions read.
+
+        Why: reading a version older than a forgetting must show it without the
+        forgotten users; recomputing that from every version per request would
+        decompress the whole history. A forget_user version's parent is normally
+        still parsed when it arrives; if not, it is decompressed once, here.
+        """
+        version = snapshot["version"]
+        history.removed.pop(version, None)
+        if snapshot["reason"] == "forget_user":
+            history.forgets_of.setdefault(snapshot["parent"] or 0, set()).add(version)
+        redo = sorted(history.forgets_of.get(version, set()) | {version})
+        for child in redo:
+            header = history.headers[child]
+            if header.reason != "forget_user":
+                continue
+            parent = self.snapshot(group, header.parent or 0)
+            forgetting = snapshot if child == version else self.snapshot(group, child)
+            if parent is not None and forgetting is not None:
+                history.removed[child] = forgotten_users([parent, forgetting])
+        forgotten: dict[str, int] = {}
+        for child in sorted(history.removed):
+            for user in history.removed[child]:
+                forgotten.setdefault(user, child)
+        history.forgotten = forgotten
 
     async def _index_behind(self) -> None:
         """Index every group whose current version is not in the index, unless backing off.
@@ -366,17 +485,47 @@ class MemoryLog:
         return self._current.get(group)
 
     def snapshot(self, group: str, version: int | None = None) -> Snapshot | None:
-        versions = self._versions.get(group)
-        if not versions:
+        """A version (the current one by default): parsed if recent, else decompressed."""
+        history = self._history.get(group)
+        if history is None:
             return None
-        return versions.get(self._current[group] if version is None else version)
+        wanted = self._current[group] if version is None else version
+        recent = history.recent.get(wanted)
+        return recent if recent is not None else self._older(group, history, wanted)
+
+    def _older(self, group: str, history: GroupHistory, version: int) -> Snapshot | None:
+        """An older version, from the cache of parsed ones or decompressed into it."""
+        key = (group, version)
+        cached = self._old.get(key)
+        if cached is not None:
+            self._old.move_to_end(key)
+            return cached
+        packed = history.packed.get(version)
+        if packed is None:
+            return None
+        parsed: Snapshot = orjson.loads(zlib.decompress(packed))
+        self._old[key] = parsed
+        while len(self._old) > OLD_PARSED_CACHE:
+            evicted, _ = self._old.popitem(last=False)
+            self._unparsed(evicted)
+        return parsed
+
+    def headers(self, group: str) -> list[VersionHeader]:
+        """Every version's header, oldest first: the versions list without decompressing."""
+        history = self._history.get(group)
+        return [history.headers[v] for v in sorted(history.headers)] if history else []
+
+    def forgotten(self, group: str) -> Mapping[str, int]:
+        """Users a forget_user version removed, with the first such version (empty: none)."""
+        history = self._history.get(group)
+        return dict(history.forgotten) if history else {}
 
     def item(self, group: str, version: int, item_id: str) -> MemoryItem | None:
         """One item of a version, by id, through an index built on first use.
 
         Context requests look up every search hit; a dict per (immutable) version
         saves scanning the group's items each time. Dropped when the version is
-        re-read or stops being current.
+        re-read, stops being current, or is no longer kept parsed.
         """
         index = self._by_id.get((group, version))
         if index is None:
@@ -399,9 +548,6 @@ class MemoryLog:
             self._cheapest[key] = min(costs, default=None)
         return self._cheapest[key]
 
-    def versions(self, group: str) -> list[Snapshot]:
-        return [self._versions[group][v] for v in sorted(self._versions.get(group, {}))]
-
 
 INDEX_RETRY_FIRST_S = 0.5
 """Wait before retrying a failed index write; doubled per failure up to INDEX_RETRY_MAX_S."""
@@ -416,8 +562,8 @@ not one per new version; what waits in between adds ~5 ms to a full collection."
 def _settle_heap() -> None:
     """Take the snapshots just read out of the cyclic garbage collector's sight.
 
-    Why: this process holds every version of every group, millions of small dicts
-    and lists (885,000 objects at 1,000 groups x 200 items). CPython's full
+    Why: this process holds the recent versions of every group parsed, millions of
+    small dicts and lists (885,000 objects at 1,000 groups x 200 items). CPython's full
     collection walks them all, measured at ~500 ms here, and it strikes whichever
     request happens to allocate at that moment: a p99.9 of half a second. The
     snapshots are JSON trees with no reference cycles, freed by reference counting

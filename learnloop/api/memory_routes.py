@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -22,7 +21,7 @@ from learnloop.api.problems import Problem
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
 from processors.memory import Snapshot
-from processors.memory_ops import as_forgotten, diff, empty_snapshot, forgotten_users
+from processors.memory_ops import as_forgotten, diff, empty_snapshot
 
 if TYPE_CHECKING:
     from learnloop.api.app import Services
@@ -71,10 +70,8 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
         if version is None:
             return snapshot  # the current version: already without every forgotten user
         # an older version reads (and rolls back) as the later forgetting left it
-        history = memory.versions(group)
-        if any(s["reason"] == "forget_user" for s in history):
-            return as_forgotten(snapshot, forgotten_users(history))
-        return snapshot
+        forgotten = memory.forgotten(group)
+        return as_forgotten(snapshot, forgotten) if forgotten else snapshot
 
     @router.get("/groups/{group}/memory", tags=["memory"])
     async def group_memory(
@@ -88,22 +85,22 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
     async def group_versions(group: str, who: CallerDep) -> dict[str, Any]:
         """Every version with its parent, reason, time and item counts: the audit trail."""
         readable(who, group)
-        snapshots = memory.versions(group)
-        if not snapshots and not owner_known(group):
+        headers = memory.headers(group)
+        if not headers and not owner_known(group):
             raise Problem(404, "unknown_group", f"no group {group!r}")
         return {
             "group": group,
             "current": memory.current_version(group) or 0,
             "versions": [
                 {
-                    "version": s["version"],
-                    "parent": s["parent"],
-                    "reason": s["reason"],
-                    "created_ms": s["created_ms"],
-                    "actor": s.get("actor"),
-                    "items": dict(Counter(i["status"] for i in s["items"])),
+                    "version": h.version,
+                    "parent": h.parent,
+                    "reason": h.reason,
+                    "created_ms": h.created_ms,
+                    "actor": h.actor,
+                    "items": dict(h.items),
                 }
-                for s in snapshots
+                for h in headers
             ],
         }
 
