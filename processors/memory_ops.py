@@ -8,7 +8,7 @@ a rejection saying why, so the API can tell the caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypedDict
 
 from processors.consolidate import ConsolidationConfig, decay_items
@@ -186,13 +186,27 @@ def forgotten_users(history: Sequence[Snapshot]) -> dict[str, int]:
     it), so no list of forgotten ids has to be stored anywhere.
     """
     by_version = {snapshot["version"]: snapshot for snapshot in history}
-    forgotten: dict[str, int] = {}
-    for snapshot in sorted(history, key=lambda s: s["version"]):
+    removed: dict[int, set[str]] = {}
+    for snapshot in history:
         parent = by_version.get(snapshot["parent"] or 0)
-        if snapshot["reason"] != "forget_user" or parent is None:
-            continue
-        for user in _users(parent) - _users(snapshot):
-            forgotten.setdefault(user, snapshot["version"])
+        if parent is not None:
+            removed[snapshot["version"]] = forgotten_by(parent, snapshot)
+    return first_forgetting(removed)
+
+
+def forgotten_by(parent: Snapshot, forgetting: Snapshot) -> set[str]:
+    """The users a ``forget_user`` version removed from its parent (none for other kinds)."""
+    if forgetting["reason"] != "forget_user":
+        return set()
+    return _users(parent) - _users(forgetting)
+
+
+def first_forgetting(removed: Mapping[int, Iterable[str]]) -> dict[str, int]:
+    """Each user in ``removed`` (forget version -> users it removed) with its first version."""
+    forgotten: dict[str, int] = {}
+    for version in sorted(removed):
+        for user in removed[version]:
+            forgotten.setdefault(user, version)
     return forgotten
 
 

@@ -33,7 +33,7 @@ from processors.context import EXAMPLE_KINDS
 from processors.embedding import Embedder
 from processors.groups import scope_of
 from processors.memory import MemoryItem, Snapshot
-from processors.memory_ops import forgotten_users
+from processors.memory_ops import first_forgetting, forgotten_by
 
 log = structlog.get_logger(__name__)
 #: bound on one embedding call made for the index (a remote or dense embedder)
@@ -131,12 +131,10 @@ class GroupHistory:
     headers: dict[int, VersionHeader] = field(default_factory=dict)
     packed: dict[int, bytes] = field(default_factory=dict)
     recent: dict[int, Snapshot] = field(default_factory=dict)
-    # forget_user version -> the users it removed from its parent (with that version)
-    removed: dict[int, dict[str, int]] = field(default_factory=dict)
+    # forget_user version -> the users it removed from its parent
+    removed: dict[int, set[str]] = field(default_factory=dict)
     # parent version -> forget_user versions naming it, to redo if the parent is (re)read
     forgets_of: dict[int, set[int]] = field(default_factory=dict)
-    # user -> the first forget_user version that removed them: ``forgotten_users``
-    forgotten: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryLog:
@@ -301,7 +299,7 @@ class MemoryLog:
         self._cheapest.pop(key, None)
 
     def _note_forgetting(self, group: str, history: GroupHistory, snapshot: Snapshot) -> None:
-        """Keep ``history.forgotten`` equal to ``forgotten_users`` of all versions read.
+        """Keep ``history.removed``: what each forget_user version read removed.
 
         Why: reading a version older than a forgetting must show it without the
         forgotten users; recomputing that from every version per request would
@@ -312,20 +310,14 @@ class MemoryLog:
         history.removed.pop(version, None)
         if snapshot["reason"] == "forget_user":
             history.forgets_of.setdefault(snapshot["parent"] or 0, set()).add(version)
-        redo = sorted(history.forgets_of.get(version, set()) | {version})
-        for child in redo:
+        for child in history.forgets_of.get(version, set()) | {version}:
             header = history.headers[child]
             if header.reason != "forget_user":
                 continue
             parent = self.snapshot(group, header.parent or 0)
             forgetting = snapshot if child == version else self.snapshot(group, child)
             if parent is not None and forgetting is not None:
-                history.removed[child] = forgotten_users([parent, forgetting])
-        forgotten: dict[str, int] = {}
-        for child in sorted(history.removed):
-            for user in history.removed[child]:
-                forgotten.setdefault(user, child)
-        history.forgotten = forgotten
+                history.removed[child] = forgotten_by(parent, forgetting)
 
     async def _index_behind(self) -> None:
         """Index every group whose current version is not in the index, unless backing off.
@@ -518,7 +510,7 @@ class MemoryLog:
     def forgotten(self, group: str) -> Mapping[str, int]:
         """Users a forget_user version removed, with the first such version (empty: none)."""
         history = self._history.get(group)
-        return dict(history.forgotten) if history else {}
+        return first_forgetting(history.removed) if history else {}
 
     def item(self, group: str, version: int, item_id: str) -> MemoryItem | None:
         """One item of a version, by id, through an index built on first use.
