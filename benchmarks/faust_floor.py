@@ -25,7 +25,7 @@ import orjson
 from learnloop.codec import make_codec
 from learnloop.settings import load_settings
 from streams.app import faust_options, use_transport
-from streams.run import tune_gc
+from streams.run import run_app
 
 
 def main() -> None:
@@ -66,12 +66,7 @@ def main() -> None:
                     )
                 )
 
-    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
-    worker = faust.Worker(
-        app, loglevel="WARNING", quiet=True, override_logging=False, console_port=None
-    )
-    tune_gc()
-    worker.execute_from_commandline()
+    run_app(app, settings)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,17 @@ def run_worker(settings: Settings, bootstrap: str | None = None) -> None:
     if servers is None:
         raise ValueError("run_worker needs a bootstrap server")
     asyncio.run(ensure_topics(servers, settings))
-    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, bootstrap=servers)
+    log.info("worker starting", app_id=settings.app_id, broker=str(app.conf.broker[0]))
+    run_app(app, settings)
+
+
+def run_app(app: faust.App, settings: Settings) -> None:
+    """Block running a Faust app as the worker runs: its data dir, logging and GC tuning.
+
+    Shared with ``benchmarks/faust_floor.py``, whose bare agent must run exactly so.
+    """
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level.upper(),
@@ -57,5 +66,4 @@ def run_worker(settings: Settings, bootstrap: str | None = None) -> None:
         console_port=None,
     )
     tune_gc()
-    log.info("worker starting", app_id=settings.app_id, broker=str(app.conf.broker[0]))
     worker.execute_from_commandline()
