@@ -128,6 +128,16 @@ def worker_pid(process: subprocess.Popen[bytes], profiled: bool) -> int:
         return process.pid
 
 
+def stop(process: subprocess.Popen[bytes], log: Any) -> None:
+    """SIGINT (a graceful stop; py-spy writes its profile on it), then kill after 30 s."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
 def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
                expected_events: int, workdir: Path, profile: Path | None = None,
                py_spy_args: str = "--rate 50") -> dict[str, float]:
@@ -167,12 +177,7 @@ def run_worker(bootstrap: str, env_extra: dict[str, str], expected_signals: int,
                 break
             time.sleep(0.1)
     finally:
-        process.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop(process, log)
     if first is None or last is None:
         raise SystemExit(f"worker did not finish; see {workdir / 'worker.log'}")
     elapsed = last - first
@@ -199,12 +204,7 @@ def run_bare_faust(bootstrap: str, env_extra: dict[str, str], expected_events: i
         while not out.exists() and time.time() < deadline and process.poll() is None:
             time.sleep(0.2)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop(process, log)
     if not out.exists():
         raise SystemExit(f"bare Faust agent did not finish; see {workdir / 'bare-faust.log'}")
     result = orjson.loads(out.read_bytes())
