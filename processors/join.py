@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
-from processors.clip import clip, clip_optional, clip_strings
+from processors.clip import clip, clip_strings
 from processors.groups import DerivedGroupRule, resolve_groups
 from processors.implicit import trajectory_flags
 from processors.judging import (
@@ -95,9 +95,7 @@ def _signals(
     query = response = None
     if kind == "interaction":
         flags = trajectory_flags(payload.get("tool_calls", []))  # on the arguments as sent
-        query = clip_optional(payload.get("query"), config.max_text_bytes)
-        response = clip_optional(payload.get("response"), config.max_text_bytes)
-    elif interaction is not None:
+    if interaction is not None:  # an interaction's own slot summary: its texts, cut once
         query, response = interaction["query"], interaction["response"]
     payload = clip_strings(payload, config.max_text_bytes)
     groups = resolve_groups(
@@ -175,7 +173,7 @@ def process_event(
             "timestamp": event["timestamp"],
         }
         _remember(state, event["event_id"], config)
-        out.extend(_signals(event, None, None, config))
+        out.extend(_signals(event, state["interaction"], None, config))
         iid = event["interaction_id"] or event["event_id"]
         rated = state.get("rated", False) or any(_explicit(p["event"]) for p in state["pending"])
         if rated:
