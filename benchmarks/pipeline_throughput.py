@@ -7,7 +7,9 @@ Steps: start an embedded broker; produce N events (interactions and their
 ratings/explanations, Avro, keyed by interaction); consume them all with a plain
 aiokafka consumer (count only, then with decode) for the baseline; run a bare
 Faust agent with the worker's configuration that only decodes and acks them
-(``faust_floor.py``: the framework's own cost per event); start one
+(``faust_floor.py``: the framework's own cost per event); run the worker's
+processors on the same events in this process with no Kafka at all
+(``processors_only.py``: learnloop's own cost per event, by stage); start one
 `learnloop worker` and time it from its first consumed event to the last signal
 aggregated (read from its /metrics), sampling its RSS.
 """
@@ -37,6 +39,12 @@ from learnloop.settings import load_settings
 from learnloop.topics import ensure_topics
 from processors.groups import resolve_groups
 from schemas import EventCodec
+
+# a sibling script: this one runs as a file, with benchmarks/ first on sys.path
+from processors_only import encode as encode_events  # isort: skip
+from processors_only import measure as measure_processors  # isort: skip
+from processors_only import ROW as PROCESSORS_ROW  # isort: skip
+from processors_only import report as report_processors  # isort: skip
 
 
 def make_events(n: int, seed: int = 1) -> list[dict[str, Any]]:
@@ -237,6 +245,7 @@ def main() -> None:
                                             len(events), decode=False))
         raw_decode = asyncio.run(raw_consume(broker.bootstrap, settings.topics.events,
                                              len(events), decode=True))
+        processors = measure_processors(encode_events(events), settings.batch_max_events)
         bare = run_bare_faust(broker.bootstrap, env_extra, len(events), Path(tmp))
         worker = run_worker(broker.bootstrap, env_extra, signals, len(events), Path(tmp),
                             args.profile, args.py_spy_args)
@@ -246,6 +255,7 @@ def main() -> None:
         ("raw aiokafka consume + Avro decode/validate", raw_decode),
         ("bare Faust agent: take + Avro decode + ack (events/s)", bare["events_per_s"]),
         ("learnloop worker: join + groups + aggregate (events/s)", worker["events_per_s"]),
+        (PROCESSORS_ROW, processors["events_per_s"]),
         ("learnloop worker: signals aggregated/s", worker["signals_per_s"]),
     ]
     print(f"{args.events} events, {signals} group signals, 1 worker process, 4 partitions")
@@ -260,10 +270,11 @@ def main() -> None:
     print(f"{'worker CPU per event (µs; less noisy than events/s)':<58} "
           f"{worker['cpu_us_per_event']:>12.0f}")
     print(f"{'bare Faust agent CPU per event (µs)':<58} {bare['cpu_us_per_event']:>12.0f}")
+    report_processors(processors)
     if args.json:
         args.json.write_bytes(orjson.dumps({"events": args.events, "signals": signals,
                                             "rows": dict(rows), "worker": worker,
-                                            "bare_faust": bare},
+                                            "bare_faust": bare, "processors": processors},
                                            option=orjson.OPT_INDENT_2))
 
 

@@ -250,6 +250,9 @@ def throughput(
     if raw:
         table.add_row("worker / raw consume+decode", f"{worker['events_per_s'] / raw:.2%}")
     table.add_row("worker peak RSS (MB)", f"{worker['peak_rss_mb']:,.0f}")
+    for stage, micros in report.get("processors", {}).items():
+        if stage not in ("events_per_s", "groups"):
+            table.add_row(f"processors alone: {stage} (µs per event)", f"{micros:,.1f}")
     console.print(table)
     _write(json_out, {"benchmark": "throughput", **report})
 

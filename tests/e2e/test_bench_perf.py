@@ -49,6 +49,13 @@ def test_throughput_and_context_smoke(tmp_path: Path) -> None:
     table, report = _run(["throughput", "--events", "1000"], tmp_path / "throughput.json")
     assert "worker / raw consume+decode" in table
     assert report["events"] == 1000 and report["worker"]["events_per_s"] > 0
+    # learnloop's own work measured without Kafka, stage by stage, beside the worker
+    stages = report["processors"]
+    assert "processors alone: fold (µs per event)" in table
+    assert stages["total"] == pytest.approx(
+        sum(stages[s] for s in ("decode", "join", "bundle", "unbundle", "fold", "state out"))
+    )
+    assert stages["groups"] > 0 and all(stages[s] > 0 for s in stages)
     table, report = _run(
         ["context", "--groups", "5", "--items", "4", "--items", "8", "--requests", "40"],
         tmp_path / "context.json",
