@@ -255,8 +255,8 @@ def main() -> None:
         ("raw aiokafka consume + Avro decode/validate", raw_decode),
         ("bare Faust agent: take + Avro decode + ack (events/s)", bare["events_per_s"]),
         ("learnloop worker: join + groups + aggregate (events/s)", worker["events_per_s"]),
-        (PROCESSORS_ROW, processors["events_per_s"]),
         ("learnloop worker: signals aggregated/s", worker["signals_per_s"]),
+        (PROCESSORS_ROW, processors["events_per_s"]),
     ]
     print(f"{args.events} events, {signals} group signals, 1 worker process, 4 partitions")
     print(f"{'measure':<58} {'per second':>12}")

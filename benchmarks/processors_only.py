@@ -31,6 +31,7 @@ from processors.groups import scope_of
 from processors.join import JoinConfig, JoinSlot, process_event
 from processors.signals import Signal, signal_problem
 from schemas import EventCodec, from_json_event
+from streams.run import tune_gc
 from streams.signal_bundles import POSITION_STRIDE, bundle, unbundle
 
 ROW = "processors alone, no Kafka or Faust (events/s)"
@@ -61,8 +62,8 @@ def measure(values: list[bytes], batch: int = 1000, partitions: int = 4) -> dict
     states: dict[str, GroupState] = {}
     spent = dict.fromkeys(STAGES, 0.0)
     clock = time.perf_counter
-    gc.collect()
-    gc.freeze()  # as the worker does at start-up (streams.run)
+    threshold = gc.get_threshold()
+    tune_gc()  # as the worker does at start-up
     offset = 0
     for start in range(0, len(values), batch):
         t0 = clock()
@@ -108,6 +109,7 @@ def measure(values: list[bytes], batch: int = 1000, partitions: int = 4) -> dict
         for stage, begin, end in zip(STAGES, marks, marks[1:], strict=False):
             spent[stage] += end - begin
     gc.unfreeze()
+    gc.set_threshold(*threshold)
     result = {stage: seconds * 1e6 / len(values) for stage, seconds in spent.items()}
     result["total"] = sum(spent.values()) * 1e6 / len(values)
     result["events_per_s"] = len(values) / sum(spent.values())

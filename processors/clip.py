@@ -12,7 +12,10 @@ reads an example in the memory panel sees that it was shortened.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+import orjson
 
 ELLIPSIS = "…"
 _ELLIPSIS_BYTES = len(ELLIPSIS.encode())
@@ -41,10 +44,21 @@ def clip_strings(value: Any, max_bytes: int, budget: int | None = None) -> Any:
     together get about that many (past it, each keeps ``FLOOR_BYTES``), which
     bounds a value holding a list of strings (an interaction's 64 tool calls) too.
     Returns ``value`` itself when nothing needed cutting, so the common case
-    allocates nothing.
+    allocates nothing. That case is recognised without walking the value: its
+    JSON is at least as long as all its strings' UTF-8 together, so a value whose
+    JSON fits the smaller of ``max_bytes`` and ``budget`` has nothing to cut.
     """
+    if _json_size(value) <= (max_bytes if budget is None else min(max_bytes, budget)):
+        return value
     left = [budget if budget is not None else -1]
     return _clip(value, max_bytes, left)
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:  # not JSON (orjson.JSONEncodeError is a TypeError): walk it
+        return sys.maxsize
 
 
 def _clip(value: Any, max_bytes: int, left: list[int]) -> Any:

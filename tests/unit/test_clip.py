@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.clip import ELLIPSIS, FLOOR_BYTES, clip, clip_strings
+from processors.clip import ELLIPSIS, FLOOR_BYTES, _clip, clip, clip_strings
 
 
 def test_short_text_is_kept_as_it_is() -> None:
@@ -42,3 +42,17 @@ def test_a_budget_bounds_many_strings_together() -> None:
     texts = [s for call in cut["tool_calls"] for s in call.values()]
     assert sum(len(s.encode()) for s in texts) <= 3072 + len(texts) * FLOOR_BYTES
     assert all(call["status"] == "error" for call in cut["tool_calls"])  # short ones survive
+
+
+def test_the_quick_fit_check_never_skips_a_cut_the_walk_would_make() -> None:
+    """Values just under, at and over the limits give what walking them gives."""
+    values: list[object] = []
+    for n in (10, 60, 61, 62, 63, 64, 65, 70):
+        values += [{"t": "x" * n}, {"t": "é" * (n // 2)}, ["\n" * n], {"a": "x" * n, "b": "y" * n}]
+        values.append({"calls": [{"arguments": "z" * n, "status": "ok"}] * 3})
+    values.append({1: "x" * 100})  # not JSON (a non-string key): walked
+    values.append({"s": {"set"}, "t": "x" * 100})
+    for value in values:
+        for budget in (None, 64, 100, 130):
+            walked = _clip(value, 64, [budget if budget is not None else -1])
+            assert clip_strings(value, 64, budget) == walked, (value, budget)

@@ -10,7 +10,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from processors.aggregate import apply_signals, stats_view
 from processors.join import JoinConfig, process_event
 from processors.policy import LearningPolicy
-from processors.signals import signal_problem
+from processors.signals import _problem, signal_problem
 from schemas import from_json_event
 from streams import signal_bundles
 from streams.signal_bundles import POSITION_STRIDE, bundle, group_partition, unbundle
@@ -83,6 +83,18 @@ def test_signal_problem_names_the_bad_field_and_passes_good_signals() -> None:
     assert signal_problem({**good, "group": 3}) == "field group: expected str"
     assert signal_problem({**good, "origin": [1, 2]}) is not None
     assert signal_problem({**good, "origin": None}) is None
+
+
+def test_the_quick_check_agrees_with_the_field_by_field_one() -> None:
+    """The one-expression path may only accept what the field by field check accepts."""
+    good = _signals(1)[0]
+    odd: list[object] = [None, True, 1, 1.5, "x", [], {}, [1, 2, 3], [1, "2", 3], [1, 2], (1, 2, 3)]
+    variants: list[object] = [good, [good], "signal", None]
+    for name in good:
+        variants.append({k: v for k, v in good.items() if k != name})
+        variants.extend({**good, name: value} for value in odd)
+    for value in variants:
+        assert signal_problem(value) == _problem(value), value
 
 
 def _positions(bundled, first_offset: int):
