@@ -120,6 +120,12 @@ MEMORY_INDEX_BEHIND = Gauge(
     "Groups whose current memory version is not in the vector index yet: indexing failed "
     "and is retried with backoff (their new examples are missing from context answers)",
 )
+API_HISTORY_BYTES = Gauge(
+    "learnloop_api_history_bytes",
+    "Compressed memory versions this API replica holds for the history endpoints, by where "
+    "(disk: its history file; memory: kept in the heap when no file can be written)",
+    ["where"],
+)
 CONTEXT_ITEMS = Histogram(
     "learnloop_context_items",
     "Items returned per context request",

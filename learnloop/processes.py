@@ -62,6 +62,7 @@ def build_api_server(settings: Settings, bootstrap: str) -> uvicorn.Server:
             settings.partitions,
             store,
             make_embedder(settings.embedder),
+            history_dir=settings.data_dir / "api",
         ),
         bootstrap=bootstrap,
     )

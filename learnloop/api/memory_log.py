@@ -1,11 +1,12 @@
 """The API's view of memory: follows the versions log and keeps the vector index in step.
 
 The versions topic is the source of truth; this follower reads it from the
-beginning on start, keeps every group's versions in memory for the read
-endpoints (the newest parsed, older ones as compressed records: see
-:class:`GroupHistory`), and upserts each group's current items into the vector
-store in one batch per poll (deleting items that left the current version).
-Starting it on an empty store *is* the rebuild: the index is derived data.
+beginning on start, keeps every group's versions for the read endpoints (the
+newest parsed, every one as a compressed record in a file: see
+:class:`GroupHistory` and :mod:`learnloop.api.version_archive`), and upserts
+each group's current items into the vector store in one batch per poll
+(deleting items that left the current version). Starting it on an empty store
+*is* the rebuild: the index is derived data.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +29,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learnloop import metrics
+from learnloop.api.version_archive import Ref, VersionArchive
 from learnloop.embeddings.factory import embed_off_loop
 from learnloop.store.port import Point, StoreError, VectorStore
 from processors.context import EXAMPLE_KINDS
@@ -120,16 +123,17 @@ class VersionHeader:
 
 @dataclass(slots=True)
 class GroupHistory:
-    """One group's versions: each compressed, the RECENT_PARSED newest also parsed.
+    """One group's versions: each compressed in the archive, the RECENT_PARSED newest also parsed.
 
     Why: parsed, a 30-item version holds ~69 KiB of dicts and strings; as its record's
-    bytes through zlib, ~7 KB (uuid ids) or ~1.2 KB (repetitive text). Keeping all of
-    them parsed grew an API replica without bound (a decay alone adds a version per
-    fading group every few days).
+    bytes through zlib, ~7 KB (uuid ids) or ~1.2 KB (repetitive text), and in the
+    archive's file only its ``(offset, length)``. Keeping all of them parsed, or all
+    compressed in the heap, grew an API replica without bound (a decay alone adds a
+    version per fading group every few days).
     """
 
     headers: dict[int, VersionHeader] = field(default_factory=dict)
-    packed: dict[int, bytes] = field(default_factory=dict)
+    packed: dict[int, Ref] = field(default_factory=dict)
     recent: dict[int, Snapshot] = field(default_factory=dict)
     # forget_user version -> the users it removed from its parent
     removed: dict[int, set[str]] = field(default_factory=dict)
@@ -148,7 +152,9 @@ class MemoryLog:
         partitions: int,
         store: VectorStore,
         embedder: Embedder,
+        history_dir: Path | None = None,
     ) -> None:
+        """``history_dir``: where the file of compressed versions goes (None: in memory)."""
         self._bootstrap = bootstrap
         self._versions_topic = versions_topic
         self._results_topic = results_topic
@@ -157,6 +163,8 @@ class MemoryLog:
         self.embedder = embedder
         self.collection = collection_for(embedder.name)
         self._history: dict[str, GroupHistory] = {}
+        self._history_dir = history_dir
+        self._archive = VersionArchive(None)  # replaced by start(): a fresh file per run
         self._old: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()  # OLD_PARSED_CACHE
         self._current: dict[str, int] = {}
         self._by_id: dict[tuple[str, int], dict[str, MemoryItem]] = {}
@@ -174,6 +182,8 @@ class MemoryLog:
         self.caught_up = asyncio.Event()
 
     async def start(self) -> None:
+        """Read the logs from here on. Once only: :meth:`stop` closes the history's file."""
+        self._archive = VersionArchive(self._history_dir)
         dim = await embed_off_loop(self.embedder, lambda: self.embedder.dim, EMBED_TIMEOUT_S)
         await self.store.ensure_collection(self.collection, dim, KEYWORD_FIELDS)
         versions = await self._consumer([self._versions_topic], self._partitions, beginning=True)
@@ -214,6 +224,7 @@ class MemoryLog:
                 await task
         for consumer in self._consumers:
             await consumer.stop()
+        self._archive.close()
 
     @property
     def running(self) -> bool:
@@ -279,7 +290,10 @@ class MemoryLog:
         group, version = snapshot["group"], snapshot["version"]
         history = self._history.setdefault(group, GroupHistory())
         history.headers[version] = VersionHeader.of(snapshot)
-        history.packed[version] = zlib.compress(raw, PACK_LEVEL)
+        replaced = history.packed.get(version)
+        if replaced is not None:
+            self._archive.forget(replaced)
+        history.packed[version] = self._archive.put(zlib.compress(raw, PACK_LEVEL))
         history.recent[version] = snapshot
         self._old.pop((group, version), None)
         self._unparsed((group, version))
@@ -495,7 +509,7 @@ class MemoryLog:
         packed = history.packed.get(version)
         if packed is None:
             return None
-        parsed: Snapshot = orjson.loads(zlib.decompress(packed))
+        parsed: Snapshot = orjson.loads(zlib.decompress(self._archive.get(packed)))
         self._old[key] = parsed
         while len(self._old) > OLD_PARSED_CACHE:
             evicted, _ = self._old.popitem(last=False)

@@ -11,6 +11,7 @@ import gc
 import tracemalloc
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,19 +108,21 @@ async def publish_all(settings: Settings, snapshots: list[dict[str, Any]]) -> No
         await producer.stop()
 
 
+@pytest.mark.parametrize("where", ["memory", "file"])
 async def test_old_versions_are_held_compressed_and_read_as_published(
-    settings: Settings,
-    edge: Outage,
+    settings: Settings, edge: Outage, tmp_path: Path, where: str
 ) -> None:
     """100 versions of 30 items: parsed, ~75 KiB each; all but the newest few compressed.
 
     Only RECENT_PARSED versions (and a decompressed parent of a forgetting) may stay
-    parsed; the rest may take ~8 KiB each.
+    parsed; the rest may take ~8 KiB each in memory, and ~1 KiB (a header and where
+    the record is) when the compressed records go to the history file, as the API
+    process does (measured: 1.19 MB held in memory, 0.41 MB with the file).
     """
     assert settings.kafka_bootstrap is not None
     await ensure_topics(settings.kafka_bootstrap, settings)
     published = history("team:h")
-    memory = memory_log(settings, edge)
+    memory = memory_log(settings, edge, tmp_path / "api" if where == "file" else None)
     tracemalloc.start()
     try:
         await memory.start()
@@ -141,8 +144,11 @@ async def test_old_versions_are_held_compressed_and_read_as_published(
     finally:
         tracemalloc.stop()
     try:
-        bound = (RECENT_PARSED + 1) * 100 * 1024 + VERSIONS * 12 * 1024
-        assert held < bound, f"{held / 2**20:.1f} MiB held for {VERSIONS} versions"
+        # parsed: the RECENT_PARSED newest, and the parents of the two forgettings (59
+        # and 80), read once to see whom they removed, in the cache of older versions
+        per_version = 12 * 1024 if where == "memory" else 1024
+        bound = (RECENT_PARSED + 2) * 100 * 1024 + VERSIONS * per_version
+        assert held < bound, f"{held / 2**20:.2f} MiB held for {VERSIONS} versions"
         for _ in range(2):  # once decompressed, then (the newest of them) from the cache
             for snapshot in published:
                 assert memory.snapshot("team:h", snapshot["version"]) == snapshot

@@ -164,7 +164,9 @@ async def until(predicate: Any, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def memory_log(settings: Settings, store: VectorStore) -> MemoryLog:
+def memory_log(
+    settings: Settings, store: VectorStore, history_dir: Path | None = None
+) -> MemoryLog:
     assert settings.kafka_bootstrap is not None
     return MemoryLog(
         settings.kafka_bootstrap,
@@ -173,6 +175,7 @@ def memory_log(settings: Settings, store: VectorStore) -> MemoryLog:
         settings.partitions,
         store,
         HashingEmbedder(),
+        history_dir,
     )
 
 
