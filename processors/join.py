@@ -58,6 +58,8 @@ class JoinSlot(TypedDict):
 
 #: feedback a person gives on purpose; engagement is implicit and does not count
 EXPLICIT_TYPES = frozenset({"rating", "explanation", "edit"})
+#: an interaction payload's fields that its signals carry as their own, not in the payload
+_CARRIED_APART = frozenset({"query", "response"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,10 @@ def _signals(
     query = response = None
     if kind == "interaction":
         flags = trajectory_flags(payload.get("tool_calls", []))  # on the arguments as sent
+        # the query and response travel once, as the signal's own (cut) fields: in the
+        # payload too they doubled every signal and evidence entry, and used up the
+        # evidence payload's text budget before the tool calls' arguments
+        payload = {k: v for k, v in payload.items() if k not in _CARRIED_APART}
     if interaction is not None:  # an interaction's own slot summary: its texts, cut once
         query, response = interaction["query"], interaction["response"]
     payload = clip_strings(payload, config.max_text_bytes)

@@ -176,6 +176,18 @@ def test_tool_trajectory_flags_reach_the_signal() -> None:
     assert set(signals[0]["flags"]) == {"repeated_tool_failure", "retry_loop", "nonsense_arguments"}
 
 
+def test_an_interaction_signal_carries_its_query_and_response_once() -> None:
+    """As the signal's own fields; its payload keeps the rest (tool calls, model)."""
+    calls = [{"name": "search", "arguments": '{"q": "billing"}', "status": "ok"}]
+    event = interaction("i1", response="use the v2 client", tool_calls=calls, model="m-1")
+    _, signals, _ = process_event(None, rec(event), (0, 1), 0, CONFIG)
+    for signal in signals:
+        assert (signal["query"], signal["response"]) == (event["query"], "use the v2 client")
+        assert "query" not in signal["payload"] and "response" not in signal["payload"]
+        assert signal["payload"]["model"] == "m-1"
+        assert [c["arguments"] for c in signal["payload"]["tool_calls"]] == ['{"q": "billing"}']
+
+
 def test_long_texts_are_cut_in_the_slot_the_signals_and_waiting_feedback() -> None:
     """Slots live for the whole retention and 64 edits may wait in one: their texts are
     cut to ``max_text_bytes`` (and marked), the way aggregation keeps them."""
