@@ -182,12 +182,13 @@ class MemoryLog:
         self.caught_up = asyncio.Event()
 
     async def start(self) -> None:
-        """Read the logs from here on. Once only: :meth:`stop` closes the history's file."""
-        self._archive = VersionArchive(self._history_dir)
+        """Read the logs from here on. Once only: :meth:`stop` deletes the history's file."""
         dim = await embed_off_loop(self.embedder, lambda: self.embedder.dim, EMBED_TIMEOUT_S)
         await self.store.ensure_collection(self.collection, dim, KEYWORD_FIELDS)
         versions = await self._consumer([self._versions_topic], self._partitions, beginning=True)
         results = await self._consumer([self._results_topic], 1, beginning=False)
+        # opened last: nothing above can fail and leave the file behind
+        self._archive = VersionArchive(self._history_dir)
         self._tasks = [
             asyncio.create_task(
                 self._follow(versions, self._apply_versions, self.caught_up, self._index_behind),

@@ -6,8 +6,11 @@ directory that cannot exist, a file size limit), not simulated.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +28,7 @@ def archive(tmp_path: Path) -> Iterator[VersionArchive]:
     archive.close()
 
 
-def test_records_go_to_an_unnamed_file_and_read_back_as_written(
+def test_records_go_to_the_file_and_read_back_as_written(
     archive: VersionArchive, tmp_path: Path
 ) -> None:
     records = [bytes([n]) * (n * 37 + 1) for n in range(50)]
@@ -33,10 +36,30 @@ def test_records_go_to_an_unnamed_file_and_read_back_as_written(
     assert archive.on_disk
     assert all(isinstance(ref, tuple) for ref in refs)  # the heap keeps offsets only
     assert [archive.get(ref) for ref in reversed(refs)] == records[::-1]
-    # created unlinked: nothing left behind if the process dies
-    assert list((tmp_path / "api").iterdir()) == []
+    # named while open, so that a volume's size limit counts it
+    [path] = (tmp_path / "api").iterdir()
+    assert path.name == f"versions-{os.getpid()}.bin"
+    assert path.stat().st_size == sum(len(r) for r in records)
     on_disk = REGISTRY.get_sample_value("learnloop_api_history_bytes", {"where": "disk"})
     assert on_disk == sum(len(r) for r in records)
+    archive.close()
+    assert list((tmp_path / "api").iterdir()) == []  # deleted when the API stops
+
+
+def test_a_dead_process_file_is_deleted_and_a_live_one_kept(tmp_path: Path) -> None:
+    directory = tmp_path / "api"
+    directory.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now (reaped)
+    (directory / f"versions-{dead.pid}.bin").write_bytes(b"left by a crash")
+    (directory / f"versions-{os.getppid()}.bin").write_bytes(b"another live API")
+    (directory / "notes.txt").write_bytes(b"not ours")
+    archive = VersionArchive(directory)
+    names = sorted(p.name for p in directory.iterdir())
+    archive.close()
+    assert names == sorted(
+        [f"versions-{os.getppid()}.bin", f"versions-{os.getpid()}.bin", "notes.txt"]
+    )
 
 
 def test_without_a_directory_records_stay_in_memory() -> None:
