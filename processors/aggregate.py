@@ -10,6 +10,7 @@ ring of recent ids for the rest.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -119,6 +120,21 @@ class AggregateLimits:
     max_text_bytes: int = 1024
 
 
+COMPACT_ID_CHARS = 40
+"""Ids a group state keeps by the thousand (contributors, recent signal ids) longer
+than this are kept as a digest. Why: ids may be 256 characters; 2,048 contributors
+and 512 recent signal ids at that length add ~800 KB to a wide group's changelog
+record, past Kafka's 1 MB limit (then the record is refused and the group stops
+learning). uuids and shorter ids are kept as they are, readable in the state."""
+
+
+def compact_id(value: str) -> str:
+    """``value`` if short, else ``~`` and a 24-hex-digit digest of it (96 bits)."""
+    if len(value) <= COMPACT_ID_CHARS:
+        return value
+    return "~" + hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+
+
 def new_state(group: str) -> GroupState:
     return {
         "group": group,
@@ -189,9 +205,13 @@ def _is_replay(state: GroupState, signal: Signal, offset: int, limits: Aggregate
         if applied is not None and position <= applied:
             return True
         state["applied"][key] = position
-    elif signal["signal_id"] in state["recent_ids"]:
-        return True
-    state["recent_ids"].append(signal["signal_id"])
+    else:
+        signal_id = compact_id(signal["signal_id"])
+        recent = state["recent_ids"]
+        whole = signal["signal_id"]  # as a state written before long ids were compacted has it
+        if signal_id in recent or (signal_id != whole and whole in recent):
+            return True
+        state["recent_ids"].append(signal_id)
     if len(state["recent_ids"]) > limits.max_recent_ids:
         del state["recent_ids"][0]
     return False
@@ -270,7 +290,10 @@ def _control(state: GroupState, signal: Signal) -> None:
         user = payload.get("user_id")
         state["evidence"] = [e for e in state["evidence"] if e["user_id"] != user]
         state["rated"] = [e for e in state["rated"] if e["user_id"] != user]
-        if state["contributors"].pop(str(user), None) is not None:
+        removed = state["contributors"].pop(compact_id(str(user)), None)
+        if removed is None:  # kept whole by a state written before ids were compacted
+            removed = state["contributors"].pop(str(user), None)
+        if removed is not None:
             state["distinct_contributors"] = max(0, state["distinct_contributors"] - 1)
 
 
@@ -284,7 +307,7 @@ def _fold(state: GroupState, signal: Signal, limits: AggregateLimits) -> None:
     state["last_event_ms"] = max(state["last_event_ms"], signal["timestamp"])
     bucket = _window(state, signal["timestamp"], limits)
     bucket[1] += 1
-    user = signal["user_id"]
+    user = compact_id(signal["user_id"])
     contributors = state["contributors"]
     if user in contributors:
         contributors[user] += 1

@@ -16,7 +16,7 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from processors.aggregate import GroupState, stats_view
+from processors.aggregate import GroupState, compact_id, stats_view
 
 log = structlog.get_logger(__name__)
 
@@ -108,10 +108,11 @@ class GroupView:
 
     def groups_with_contributor(self, user_id: str) -> list[str]:
         """Groups whose state still counts this user (for forgetting them)."""
+        keys = {user_id, compact_id(user_id)}  # a long id is counted by its digest
         return sorted(
             group
             for group, state in self._groups.items()
-            if user_id in state.get("contributors", {})
+            if not keys.isdisjoint(state.get("contributors", {}))
             or any(e.get("user_id") == user_id for e in state.get("evidence", ()))
         )
 

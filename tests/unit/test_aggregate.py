@@ -438,3 +438,58 @@ def test_long_texts_keep_a_groups_state_under_kafkas_message_limit() -> None:
     assert 0 < largest_trigger < 1_000_000
     kept = state["rated"][-1]
     assert kept["response"].endswith("…") and len(kept["response"].encode()) <= 1024
+
+
+def test_long_ids_keep_a_wide_groups_state_under_kafkas_message_limit() -> None:
+    """Ids at the 256-character limit in a group of 3,000 users with full buffers and
+    512 control signals: contributors and recent signal ids are kept as digests, so the
+    changelog record stays under 1 MB; the count of users and forgetting still work."""
+    from processors.aggregate import compact_id
+
+    long = 60_000
+    user = "u{:0255d}".format  # 256 characters
+    events = []
+    for n in range(3_000):
+        iid = f"i{n:0255d}"
+        events.append(interaction(iid, user=user(n), query="q" * long, response="r" * long))
+        events.append(feedback(f"x{n:0255d}", "explanation", iid, user=user(n), text="t" * long))
+        events.append(feedback(f"r{n:0255d}", "rating", iid, user=user(n), value=1))
+    sigs = signals_for(events, "team:search")
+    controls = [
+        {**sigs[0], "signal_id": f"_synthesis_done|team:search#{n:0250d}", "origin": None,
+         "type": "_synthesis_done", "user_id": "", "payload": {"trigger_id": None}}
+        for n in range(600)
+    ]
+    state = None
+    batches = [*sigs, *controls]
+    for start in range(0, len(batches), 500):
+        batch = [(start + i, s) for i, s in enumerate(batches[start : start + 500])]
+        state, _ = apply_signals(state, batch, 0, POLICY.team)
+    assert state is not None
+    limits = AggregateLimits()
+    assert len(state["contributors"]) == limits.max_contributors
+    assert len(state["recent_ids"]) == limits.max_recent_ids
+    assert len(state["evidence"]) == limits.max_evidence
+    assert len(orjson.dumps(state)) < 1_000_000, len(orjson.dumps(state))
+    assert 2_700 <= state["distinct_contributors"] <= 3_300  # estimated past the map
+    # a replayed control signal is still recognised by its digest
+    again, _ = apply_signals(state, [(10**9, controls[-1])], 0, POLICY.team)
+    assert again["recent_ids"].count(compact_id(controls[-1]["signal_id"])) == 1
+    # forgetting a long-id user takes them out of the count
+    before = again["distinct_contributors"]
+    forget = {**controls[0], "signal_id": "forget|x", "type": "_forget_user",
+              "payload": {"user_id": user(0)}}
+    forgot, _ = apply_signals(again, [(10**9 + 1, forget)], 0, POLICY.team)
+    assert compact_id(user(0)) not in forgot["contributors"]
+    assert forgot["distinct_contributors"] == before - 1
+
+
+def test_short_ids_are_kept_as_they_are_and_long_ones_as_a_digest() -> None:
+    from processors.aggregate import COMPACT_ID_CHARS, compact_id
+
+    uuid_like = "0b6f7e8a-3c1d-4f2e-9a5b-6c7d8e9f0a1b"
+    assert compact_id(uuid_like) == uuid_like
+    assert compact_id("x" * COMPACT_ID_CHARS) == "x" * COMPACT_ID_CHARS
+    long_a, long_b = "a" * 200, "a" * 199 + "b"
+    assert compact_id(long_a) == compact_id(long_a) != compact_id(long_b)
+    assert compact_id(long_a).startswith("~") and len(compact_id(long_a)) == 25
