@@ -39,8 +39,7 @@ from aiokafka import AIOKafkaProducer
 from learnloop.embedded.broker import EmbeddedBroker, free_port
 from learnloop.settings import load_settings
 from learnloop.topics import ensure_topics
-from processors.memory import estimate_tokens, item_id
-from streams.memory_agent import version_key
+from processors.memory import estimate_tokens, item_id, version_key
 
 TOPICS = [
     "rotate keys",

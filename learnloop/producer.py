@@ -111,13 +111,18 @@ class EventProducer:
         prepared = [self.prepare(event) for event in events]  # raises before sending
         return await self.send_prepared(prepared)
 
-    async def send_raw(self, topic: str, key: bytes, value: bytes) -> Delivery:
-        """Send one already-encoded record to another topic (memory commands)."""
+    async def send_raw(
+        self, topic: str, key: bytes, value: bytes, partition: int | None = None
+    ) -> Delivery:
+        """Send one already-encoded record to another topic (memory commands, rewritten
+        versions); ``partition`` overrides the key's (a rewrite goes where the original is)."""
         if self._producer is None or not self._started:
             raise BrokerError("the producer is not started")
         try:
             async with asyncio.timeout(self.timeout_s):
-                meta = await (await self._producer.send(topic, value=value, key=key))
+                meta = await (
+                    await self._producer.send(topic, value=value, key=key, partition=partition)
+                )
         except TimeoutError:
             raise BrokerError(f"broker did not confirm within {self.timeout_s} s") from None
         return Delivery(key.decode("utf-8", "replace"), meta.partition, meta.offset)

@@ -86,6 +86,12 @@ class MemoryCommand(TypedDict):
     actor: NotRequired[str | None]
 
 
+def version_key(group: str, version: int) -> bytes:
+    """A version's Kafka key. One per version, so compaction keeps the whole history
+    and a version rewritten under its key (a forgetting) replaces the original."""
+    return f"{group}#{version:010d}".encode()
+
+
 def item_id(group: str, kind: str, key: str) -> str:
     """Deterministic id: the same evidence in the same group always gives the same id."""
     return str(uuid.uuid5(ITEM_NAMESPACE, f"{group}\x1f{kind}\x1f{key}"))

@@ -24,7 +24,7 @@ from learnloop.embeddings import embed_off_loop
 from learnloop.synthesis.errors import SynthesisUnavailable
 from processors.aggregate import FORGET_USER, SYNTHESIS_DONE, Trigger
 from processors.consolidate import live_choices
-from processors.memory import MemoryCommand, Snapshot
+from processors.memory import MemoryCommand, Snapshot, version_key
 from processors.memory_ops import apply_command, empty_snapshot, next_snapshot
 from processors.signals import Signal
 from streams.dead_letters import rejected
@@ -48,11 +48,6 @@ DEFERRABLE = frozenset(
         "tool_failures_below_policy",
     }
 )
-
-
-def version_key(group: str, version: int) -> bytes:
-    """Versions are keyed per version so compaction keeps the whole history."""
-    return f"{group}#{version:010d}".encode()
 
 
 def _control_signal(group: str, kind: str, key: str, payload: dict[str, Any], now: int) -> Signal:

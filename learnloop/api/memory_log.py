@@ -139,6 +139,8 @@ class GroupHistory:
     removed: dict[int, set[str]] = field(default_factory=dict)
     # parent version -> forget_user versions naming it, to redo if the parent is (re)read
     forgets_of: dict[int, set[int]] = field(default_factory=dict)
+    # the versions topic's partition holding this group's versions (where rewrites go)
+    partition: int | None = None
 
 
 class MemoryLog:
@@ -276,6 +278,7 @@ class MemoryLog:
             self._unsettled += 1 + len(snapshot["items"])
             old = self.snapshot(group, previous) if previous is not None else None
             self._store(record.value, snapshot)
+            self._history[group].partition = record.partition
             if previous is None or snapshot["version"] > previous:
                 self._current[group] = snapshot["version"]
                 if previous is not None:
@@ -322,7 +325,6 @@ class MemoryLog:
         still parsed when it arrives; if not, it is decompressed once, here.
         """
         version = snapshot["version"]
-        history.removed.pop(version, None)
         if snapshot["reason"] == "forget_user":
             history.forgets_of.setdefault(snapshot["parent"] or 0, set()).add(version)
         for child in history.forgets_of.get(version, set()) | {version}:
@@ -332,7 +334,11 @@ class MemoryLog:
             parent = self.snapshot(group, header.parent or 0)
             forgetting = snapshot if child == version else self.snapshot(group, child)
             if parent is not None and forgetting is not None:
-                history.removed[child] = forgotten_by(parent, forgetting)
+                # only ever added to: a parent rewritten without the forgotten user
+                # (learnloop.api.forget_at_rest) must not make older versions, not
+                # rewritten yet, read with them again
+                removed = history.removed.setdefault(child, set())
+                removed |= forgotten_by(parent, forgetting)
 
     async def _index_behind(self) -> None:
         """Index every group whose current version is not in the index, unless backing off.
@@ -521,6 +527,11 @@ class MemoryLog:
         """Every version's header, oldest first: the versions list without decompressing."""
         history = self._history.get(group)
         return [history.headers[v] for v in sorted(history.headers)] if history else []
+
+    def partition_of(self, group: str) -> int | None:
+        """The versions topic's partition where ``group``'s versions are (None: unknown)."""
+        history = self._history.get(group)
+        return None if history is None else history.partition
 
     def forgotten(self, group: str) -> Mapping[str, int]:
         """Users a forget_user version removed, with the first such version (empty: none)."""

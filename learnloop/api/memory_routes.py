@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from learnloop.api.auth import Caller, CallerDep
+from learnloop.api.forget_at_rest import redact_history
 from learnloop.api.problems import Problem
 from learnloop.errors import BrokerError
 from learnloop.settings import Settings
@@ -203,12 +204,21 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
 
     @router.delete("/users/{user_id}", tags=["changes"])
     async def forget_user(user_id: str, who: CallerDep) -> dict[str, Any]:
-        """Forget a user everywhere: every group whose memory or state holds their evidence."""
+        """Forget a user everywhere: every group whose memory or state holds their evidence.
+
+        Each group gets a ``forget_user`` version, and its older versions that name the
+        user are written again without them (``versions_rewritten``), so the versions
+        topic stops holding them once the broker compacts it.
+        """
         who.require("admin")
         groups = {f"user:{user_id}"} if memory.snapshot(f"user:{user_id}") else set()
         for group in memory.groups():
             snapshot = memory.snapshot(group)
-            if snapshot and any(user_id in i["provenance"]["user_ids"] for i in snapshot["items"]):
+            named = snapshot is not None and any(
+                user_id in i["provenance"]["user_ids"] for i in snapshot["items"]
+            )
+            # forgotten there before: a repeated request finishes an interrupted rewrite
+            if named or user_id in memory.forgotten(group):
                 groups.add(group)
         groups |= set(services.groups.groups_with_contributor(user_id))
         results = []
@@ -221,7 +231,27 @@ def build_router(settings: Settings, services: Services) -> APIRouter:
                     raise
                 outcome = {"outcome": "nothing_to_forget"}
             retired = sorted(_retired(memory.snapshot(group)) - retired_before)
-            results.append({"group": group, **outcome, "retired_items": retired})
+            # for every group, not only where something was forgotten now: a request
+            # repeated after a failed rewrite finishes it
+            try:
+                rewritten = await redact_history(
+                    memory, services.producer, settings.topics.versions, group, user_id
+                )
+            except BrokerError as exc:
+                raise Problem(
+                    503,
+                    "broker_unavailable",
+                    f"{group}: forgotten, but its older versions were not all rewritten "
+                    f"({exc}); send the request again to finish",
+                ) from None
+            results.append(
+                {
+                    "group": group,
+                    **outcome,
+                    "retired_items": retired,
+                    "versions_rewritten": len(rewritten),
+                }
+            )
         return {"user_id": user_id, "groups": results}
 
     return router

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from learnloop.embedded.broker import free_port
 from learnloop.store.factory import open_store
@@ -241,13 +242,54 @@ def test_edit_rollback_reset_through_the_api(stack) -> None:
     assert "metric" not in context(stack, user_id="dave", query="q")["prefix"]
 
 
+def versions_at_rest(stack) -> dict[bytes, dict[str, Any]]:
+    """The versions topic as compaction leaves it: each key's last record."""
+    env = stack["env"]
+    topic = env["LEARNLOOP_TOPICS__VERSIONS"]
+
+    async def read() -> dict[bytes, dict[str, Any]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=env["LEARNLOOP_KAFKA_BOOTSTRAP"], enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            parts = [TopicPartition(topic, p) for p in range(int(env["LEARNLOOP_PARTITIONS"]))]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            last: dict[bytes, dict[str, Any]] = {}
+            empty = 0
+            while empty < 3:  # caught up: three empty polls in a row
+                batch = await consumer.getmany(timeout_ms=300)
+                empty = 0 if batch else empty + 1
+                for records in batch.values():
+                    last.update((r.key, orjson.loads(r.value)) for r in records)
+            return last
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
 def test_forget_user_retires_what_only_they_supported(stack) -> None:
     teach(stack, "erin", "my phone is secret, never show it")
     before = wait_rule(stack, "user:erin", "phone")
+    key = f"user:erin#{before['version']:010d}".encode()
+    assert "phone" in str(versions_at_rest(stack)[key]["items"])  # as the worker wrote it
     answer = client(stack).delete("/v1/users/erin")
     assert answer.status_code == 200, answer.text
     groups = {g["group"]: g for g in answer.json()["groups"]}
     assert groups["user:erin"]["retired_items"]
+    # the versions from before the forgetting are written again without her, under
+    # their own keys: once compacted, the topic no longer holds her words or her id
+    assert groups["user:erin"]["versions_rewritten"] >= 1
+    at_rest = versions_at_rest(stack)[key]
+    assert "phone" not in str(at_rest["items"])
+    assert all("erin" not in i["provenance"]["user_ids"] for i in at_rest["items"])
+    assert at_rest["version"] == before["version"]
+    # asked again: nothing left to forget or to rewrite, and the group is still named
+    again = client(stack).delete("/v1/users/erin").json()["groups"]
+    assert {"group": "user:erin", "outcome": "nothing_to_forget", "retired_items": [],
+            "versions_rewritten": 0} in again
     after = memory(stack, "user:erin")
     assert all(i["status"] == "retired" and "phone" not in i["text"] for i in after["items"])
     stats = client(stack).get("/v1/groups/team:search/stats").json()

@@ -17,15 +17,18 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from learnloop.api import memory_log as memory_log_module
 from learnloop.api import version_archive as version_archive_module
 from learnloop.api.app import Services
+from learnloop.api.forget_at_rest import redact_history
 from learnloop.api.memory_log import RECENT_PARSED
 from learnloop.settings import Settings
 from learnloop.topics import ensure_topics
+from processors.memory import version_key
 from processors.memory_ops import as_forgotten, diff, forgotten_users
+from streams.partitioning import default_partition
 from tests.integration import test_api_store_outage as outage
 from tests.integration.test_api_store_outage import Outage, memory_log, until
 
@@ -106,8 +109,12 @@ async def publish_all(settings: Settings, snapshots: list[dict[str, Any]]) -> No
     await producer.start()
     try:
         for snapshot in snapshots:
-            key = snapshot["group"].encode()
-            await producer.send(settings.topics.versions, orjson.dumps(snapshot), key=key)
+            # keyed as the worker keys them; one partition per group, as the worker's
+            key = version_key(snapshot["group"], snapshot["version"])
+            partition = default_partition(snapshot["group"].encode(), settings.partitions)
+            await producer.send(
+                settings.topics.versions, orjson.dumps(snapshot), key=key, partition=partition
+            )
         await producer.flush()
     finally:
         await producer.stop()
@@ -207,3 +214,74 @@ async def test_versions_list_forgotten_users_and_old_versions_answer_as_before(
     changed = await client.get("/v1/groups/team:h/diff", params={"from": 2, "to": 95})
     want = diff(as_forgotten(published[1], forgotten), published[94])
     assert changed.json() == {"group": "team:h", "from": 2, "to": 95, **want}
+
+
+@pytest.mark.filterwarnings("ignore:ORJSONResponse is deprecated")
+async def test_forgotten_users_old_versions_are_rewritten_and_answers_do_not_change(
+    settings: Settings,
+    api: tuple[Services, httpx.AsyncClient],
+) -> None:
+    """After the rewrite the topic's last record per key names neither forgotten user,
+    each in its original's partition, and every version reads as it did."""
+    services, client = api
+    group = "team:r"
+    published = history(group)
+    await publish_all(settings, published)
+
+    async def read() -> bool:
+        return services.memory.current_version(group) == VERSIONS
+
+    await until(read, 60, "every version read")
+
+    async def answers() -> list[Any]:
+        return [
+            (await client.get(f"/v1/groups/{group}/memory", params={"version": v})).json()
+            for v in range(1, VERSIONS + 1)
+        ]
+
+    shown = await answers()
+    partition = services.memory.partition_of(group)
+    assert partition is not None
+    memory, producer, topic = services.memory, services.producer, settings.topics.versions
+    # carol's first: her rewrite of versions 1-59 must not put bob back in them
+    carol = await redact_history(memory, producer, topic, group, "carol")
+    bob = await redact_history(memory, producer, topic, group, "bob")
+    assert carol == list(range(1, 90))
+    # carol's rewrites already left bob out; whatever the API had not read back yet
+    # is written again (the same bytes)
+    assert set(bob) <= set(range(1, 60))
+    assert await redact_history(memory, producer, topic, group, "alice") == []  # not forgotten
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        at_rest: dict[bytes, dict[str, Any]] = {}
+        count = 0
+        while count < VERSIONS + len(carol) + len(bob):  # every record: none compacted here
+            batch = await consumer.getmany(tp, timeout_ms=2000)
+            assert batch, f"only {count} records in partition {partition}"
+            for record in batch[tp]:
+                value = orjson.loads(record.value)
+                if record.key in at_rest:  # a rewrite: as the API shows that version
+                    want = as_forgotten(published[value["version"] - 1], {"bob": 60, "carol": 90})
+                    assert value == want, value["version"]
+                at_rest[record.key] = value
+                count += 1
+    finally:
+        await consumer.stop()
+    for version in range(1, VERSIONS + 1):
+        items = at_rest[version_key(group, version)]["items"]
+        users = {u for i in items for u in i["provenance"]["user_ids"]}
+        assert "carol" not in users or version >= 90, version
+        assert "bob" not in users or version >= 60, version
+
+    async def reread() -> bool:  # the API reads its own rewrites too
+        stored = services.memory.snapshot(group, 1)
+        return stored is not None and "carol" not in str(stored["items"])
+
+    await until(reread, 30, "the rewrites read back")
+    assert services.memory.forgotten(group) == {"bob": 60, "carol": 90}
+    assert await answers() == shown
