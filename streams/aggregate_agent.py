@@ -22,7 +22,7 @@ from learnloop import metrics
 from processors.aggregate import GroupState, apply_signals, copy_state
 from processors.groups import scope_of
 from processors.signals import Signal, signal_problem
-from streams.dead_letters import dead_letter
+from streams.dead_letters import rejected
 from streams.isolation import ack_all, run_isolated
 from streams.outputs import Outgoing, deliver, now_ms
 from streams.signal_bundles import POSITION_STRIDE, unbundle
@@ -117,16 +117,7 @@ def _tenant_conflict(group: str, state: GroupState, earlier: int) -> None:
 
 def _bad(app: WorkerApp, message: Any, detail: str, value: bytes) -> Outgoing:
     """A dead letter for one undecodable message, or one bad signal inside a bundle."""
-    return dead_letter(
-        app,
-        "bad_signal",
-        detail,
-        value=value,
-        key=message.key,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-    )
+    return rejected(app, message, "bad_signal", detail, value=value)
 
 
 def register(app: WorkerApp) -> None:

@@ -55,13 +55,16 @@ def rejected(
     reason: str,
     detail: str,
     errors: list[tuple[str, str]] | None = None,
+    *,
+    value: bytes | None = None,
 ) -> Outgoing:
-    """A dead letter for a consumed Kafka message, as it came, and where it came from."""
+    """A dead letter for a consumed Kafka message and where it came from: the message
+    as it came, or ``value`` (one bad part of it, such as a signal in a bundle)."""
     return dead_letter(
         app,
         reason,
         detail,
-        value=message.value,
+        value=message.value if value is None else value,
         key=message.key,
         topic=message.topic,
         partition=message.partition,
